@@ -1,0 +1,129 @@
+"""Argument validation shared by every public entry point.
+
+Each check raises a ``ValueError`` or ``TypeError`` that names the argument, what was expected and
+what came, before any work starts (see DESIGN.md, "Errors").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def describe(value: object) -> str:
+    """A short description of ``value`` for error messages."""
+    if isinstance(value, Tensor):
+        return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}, device {value.device}"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def check_tensor(
+    name: str,
+    value: object,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    floating: bool = False,
+    finite: bool = True,
+) -> Tensor:
+    """Check that ``value`` is a tensor with the given number of dimensions, dtype kind and finite values."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {describe(value)}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if value.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise ValueError(f"`{name}` must be {want}, got {describe(value)}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got {describe(value)}")
+    if (
+        finite
+        and value.is_floating_point()
+        and value.device.type != "meta"
+        and not bool(torch.isfinite(value).all())
+    ):
+        n_nan = int(torch.isnan(value).sum())
+        n_inf = int(torch.isinf(value).sum())
+        raise ValueError(f"`{name}` contains {n_nan} NaN and {n_inf} Inf values ({describe(value)})")
+    return value
+
+
+def check_same_device(name: str, value: Tensor, device: torch.device, other: str) -> None:
+    """Check that ``value`` lives on ``device`` (the device of ``other``)."""
+    if value.device != device:
+        raise ValueError(
+            f"`{name}` is on {value.device} but {other} is on {device}; move them to the same device"
+        )
+
+
+def module_device(module: torch.nn.Module) -> torch.device | None:
+    """The device of a module's first parameter or buffer, or None for a module without any."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return None
+
+
+def check_inputs_on_model_device(name: str, inputs: Tensor, model: object) -> None:
+    """Inputs and model must share a device; a callable without parameters is not checked."""
+    if isinstance(model, torch.nn.Module):
+        device = module_device(model)
+        if device is not None:
+            check_same_device(name, inputs, device, "the model")
+
+
+def format_target(
+    target: object, batch_size: int, num_classes: int | None, device: torch.device
+) -> Tensor | None:
+    """Turn an int, a list or a tensor into a (B,) long tensor of class indices; ``None`` stays ``None``.
+
+    ``num_classes`` (when known) bounds the indices.
+    """
+    if target is None:
+        return None
+    if isinstance(target, bool):
+        raise TypeError(f"`target` must be an int, a list of ints or a tensor, got {describe(target)}")
+    if isinstance(target, int):
+        out = torch.full((batch_size,), target, dtype=torch.long, device=device)
+    elif isinstance(target, (list, tuple)):
+        if len(target) != batch_size or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in target
+        ):
+            raise ValueError(
+                f"`target` as a list must hold {batch_size} ints (one per sample), got {target!r}"
+            )
+        out = torch.tensor(list(target), dtype=torch.long, device=device)
+    elif isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            raise TypeError(f"`target` must be an integer tensor, got {describe(target)}")
+        if target.ndim == 0:
+            out = target.to(device=device, dtype=torch.long).expand(batch_size).clone()
+        elif target.ndim == 1 and target.numel() == batch_size:
+            out = target.to(device=device, dtype=torch.long)
+        else:
+            raise ValueError(
+                f"`target` must be a scalar or have shape ({batch_size},), got {describe(target)}"
+            )
+    else:
+        raise TypeError(f"`target` must be an int, a list of ints or a tensor, got {describe(target)}")
+    if out.numel() and int(out.min()) < 0:
+        raise ValueError(f"`target` must be non-negative class indices, got minimum {int(out.min())}")
+    if num_classes is not None and out.numel() and int(out.max()) >= num_classes:
+        raise ValueError(
+            f"`target` must be below the number of classes ({num_classes}), got maximum {int(out.max())}"
+        )
+    return out
+
+
+def check_in_choices(name: str, value: object, choices: Sequence[object]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = value >= 0 if allow_zero else value > 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
+        want = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"`{name}` must be a {want} number, got {value!r}")

@@ -1,0 +1,19 @@
+"""Differentiable building blocks shared by methods, callbacks and metrics (no Lightning import here)."""
+
+from .baselines import compose, constant_baseline, gaussian_blur, make_baseline, mean_baseline, upsample_mask
+from .gradcam import grad_cam
+from .pgd import background_pgd
+from .state import preserved_state, require_grad_mode
+
+__all__ = [
+    "background_pgd",
+    "compose",
+    "constant_baseline",
+    "gaussian_blur",
+    "grad_cam",
+    "make_baseline",
+    "mean_baseline",
+    "preserved_state",
+    "require_grad_mode",
+    "upsample_mask",
+]

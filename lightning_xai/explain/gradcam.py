@@ -1,0 +1,148 @@
+"""Batched Grad-CAM: the one Grad-CAM of the library (methods, callbacks and metrics call it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .._checks import check_inputs_on_model_device, check_tensor, describe, format_target
+from ..models import check_logits, logits_of, resolve_layer, tokens_to_grid
+from .state import preserved_state, require_grad_mode
+
+
+class _ActivationTap:
+    """Forward hook that keeps a layer's output (the first element of a tuple output) and makes sure it is part
+    of the autograd graph even when every parameter before it is frozen."""
+
+    def __init__(self) -> None:
+        self.activation: Tensor | None = None
+
+    def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
+        first = output[0] if isinstance(output, (tuple, list)) else output
+        if not isinstance(first, Tensor):
+            raise TypeError(
+                f"the Grad-CAM layer must output a tensor (or a tuple starting with one), got {describe(first)}"
+            )
+        replaced = None
+        if not first.requires_grad:
+            replaced = first.detach().requires_grad_(True)
+            first = replaced
+        self.activation = first
+        if replaced is None:
+            return None
+        if isinstance(output, (tuple, list)):
+            return type(output)((replaced, *output[1:]))
+        return replaced
+
+
+def _find_module(forward_func: Any) -> nn.Module | None:
+    if isinstance(forward_func, nn.Module):
+        return forward_func
+    inner = getattr(forward_func, "forward_func", None)
+    return inner if isinstance(inner, nn.Module) else None
+
+
+def grad_cam(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    target: int | list[int] | Tensor | None,
+    layer: str | int | nn.Module = "auto",
+    *,
+    relu: bool = True,
+    create_graph: bool = False,
+    upsample: bool | tuple[int, int] = False,
+    normalize: bool = False,
+    additional_forward_args: tuple | None = None,
+    num_prefix_tokens: int | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    """Grad-CAM of ``target`` for a batch, with per-sample targets.
+
+    ``α_k = mean_u ∂z_t/∂A_k(u)`` and ``H = ReLU(Σ_k α_k A_k)`` for the layer output ``A``; one forward and one
+    backward for the whole batch.
+
+    Args:
+        forward_func: a model (or callable) returning logits or a Hugging Face ``ModelOutput``.
+        inputs: the model input, batch first: images (B, C, H, W) or token ids (B, L).
+        target: class index per sample (int, list, (B,) tensor); ``None`` means the predicted class.
+        layer: the layer whose output is explained: a name, a timm ``feature_info`` index, a module or
+            ``"auto"`` (see :func:`lightning_xai.models.resolve_layer`; needs ``forward_func`` to be a module).
+        relu: apply the ReLU of Grad-CAM (Captum's ``relu_attributions``).
+        create_graph: keep the graph, so the map is differentiable with respect to the parameters
+            (for training losses). Otherwise the result is detached.
+        upsample: ``True`` resizes image maps bilinearly to the input's (H, W); a (H, W) tuple to that size.
+        normalize: divide each map by its maximum (plus ``eps``), giving [0, 1] for ReLU'd maps.
+        additional_forward_args: extra positional arguments for the forward (e.g. an attention mask).
+        num_prefix_tokens: for ViT token outputs (B, N, C): leading non-patch tokens (inferred if None).
+
+    Returns:
+        (B, 1, h, w) maps for image models (token layers of a ViT are laid out as a grid), (B, L) per-token
+        scores for token models.
+
+    Example:
+        >>> import timm, torch
+        >>> model = timm.create_model("resnet18", pretrained=False, num_classes=4).eval()
+        >>> grad_cam(model, torch.rand(2, 3, 64, 64), target=[0, 3], upsample=True).shape
+        torch.Size([2, 1, 64, 64])
+    """
+    check_tensor("inputs", inputs)
+    if inputs.ndim < 2:
+        raise ValueError(f"`inputs` must be batched (B, ...), got {describe(inputs)}")
+    if not callable(forward_func):
+        raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
+    module = _find_module(forward_func)
+    if isinstance(layer, nn.Module):
+        layer_module = layer
+    elif module is None:
+        raise TypeError(
+            "`layer` must be a module when `forward_func` is not an nn.Module (a name needs the model)"
+        )
+    else:
+        layer_module = resolve_layer(module, layer)
+    if module is not None:
+        check_inputs_on_model_device("inputs", inputs, module)
+    require_grad_mode("grad_cam")
+    extra = tuple(additional_forward_args or ())
+    tap = _ActivationTap()
+    batch = inputs.shape[0]
+
+    with preserved_state(module, layer_module), torch.enable_grad():
+        layer_module.register_forward_hook(tap)
+        logits = check_logits(logits_of(forward_func(inputs, *extra)), batch)
+        activation = tap.activation
+        if activation is None:
+            raise ValueError("the Grad-CAM `layer` was not called by the forward function")
+        target_t = format_target(target, batch, logits.shape[1], logits.device)
+        if target_t is None:
+            target_t = logits.argmax(1)
+        score = logits.gather(1, target_t[:, None]).sum()
+        (grads,) = torch.autograd.grad(score, activation, create_graph=create_graph)
+
+    spatial_tokens = activation.ndim == 3 and inputs.ndim == 4
+    if spatial_tokens:
+        activation = tokens_to_grid(activation, num_prefix_tokens, model=module)
+        grads = tokens_to_grid(grads, num_prefix_tokens, model=module)
+    if activation.ndim == 4:
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cam = (weights * activation).sum(1, keepdim=True)
+    elif activation.ndim == 3:
+        # token model: (B, L, C) hidden states; channel weights averaged over the token axis
+        weights = grads.mean(dim=1, keepdim=True)
+        cam = (weights * activation).sum(-1)
+    else:
+        raise ValueError(
+            f"the Grad-CAM layer output must be (B, C, H, W) or (B, N, C), got {describe(activation)}"
+        )
+    if relu:
+        cam = F.relu(cam)
+    if upsample and cam.ndim == 4:
+        size = tuple(inputs.shape[-2:]) if upsample is True else tuple(upsample)
+        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    if normalize:
+        flat = cam.flatten(1)
+        cam = cam / (flat.amax(1).view(-1, *([1] * (cam.ndim - 1))) + eps)
+    return cam if create_graph else cam.detach()

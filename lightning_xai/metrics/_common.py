@@ -1,0 +1,121 @@
+"""Input handling shared by every metric: attribution shapes, masks, targets and chunked model calls."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._checks import check_in_choices, check_tensor, describe, format_target
+from ..explain import preserved_state
+from ..models import check_logits, logits_of
+
+ChannelReduction = Literal["sum", "sum_abs", "max_abs", "none"]
+Score = Literal["softmax", "logit"]
+
+
+def to_maps(
+    attributions: Tensor, channel_reduction: ChannelReduction = "sum", name: str = "attributions"
+) -> Tensor:
+    """Bring attributions of shape (B,H,W), (B,1,H,W) or (B,C,H,W) to (B,H,W) float maps.
+
+    C > 1 is reduced by ``channel_reduction``: ``"sum"`` (signed sum over channels), ``"sum_abs"``,
+    ``"max_abs"``; ``"none"`` keeps (B,C,H,W) and is only accepted where a metric flattens every element.
+    """
+    check_in_choices("channel_reduction", channel_reduction, ("sum", "sum_abs", "max_abs", "none"))
+    check_tensor(name, attributions, ndim=(3, 4))
+    maps = attributions if attributions.is_floating_point() else attributions.float()
+    if maps.ndim == 3 or channel_reduction == "none":
+        return maps
+    if maps.shape[1] == 1:
+        return maps[:, 0]
+    if channel_reduction == "sum":
+        return maps.sum(1)
+    if channel_reduction == "sum_abs":
+        return maps.abs().sum(1)
+    return maps.abs().amax(1)
+
+
+def resize_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize (B,H,W) maps bilinearly (align_corners=False) to ``size``; unchanged when already that size."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def check_masks(masks: Tensor, batch_size: int, name: str = "masks") -> Tensor:
+    """Check binary masks (B,H,W) or (B,1,H,W) (bool or {0,1}) and return them as (B,H,W) bool."""
+    check_tensor(name, masks, ndim=(3, 4))
+    if masks.ndim == 4:
+        if masks.shape[1] != 1:
+            raise ValueError(f"`{name}` must be (B,H,W) or (B,1,H,W), got {describe(masks)}")
+        masks = masks[:, 0]
+    if masks.shape[0] != batch_size:
+        raise ValueError(
+            f"`{name}` must have batch size {batch_size} (the attributions'), got {describe(masks)}"
+        )
+    if masks.dtype != torch.bool:
+        if not bool(((masks == 0) | (masks == 1)).all()):
+            raise ValueError(f"`{name}` must be binary (bool or values in {{0, 1}}), got {describe(masks)}")
+        masks = masks != 0
+    return masks
+
+
+def check_same_batch(name: str, value: Tensor, batch_size: int) -> None:
+    if value.shape[0] != batch_size:
+        raise ValueError(f"`{name}` must have batch size {batch_size}, got {describe(value)}")
+
+
+def scores_from_logits(logits: Tensor, score: Score) -> Tensor:
+    """Softmax probabilities or raw logits, (B, K)."""
+    return logits.softmax(-1) if score == "softmax" else logits
+
+
+def chunked_scores(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    target: Tensor | None,
+    *,
+    score: Score = "softmax",
+    internal_batch_size: int = 128,
+    additional_forward_args: tuple = (),
+) -> Tensor:
+    """Score ``inputs`` (N, ...) in chunks of ``internal_batch_size`` under ``no_grad``.
+
+    Returns the score of ``target`` (N,) per row, or the full (N, K) scores when ``target`` is None.
+    """
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, inputs.shape[0], internal_batch_size):
+            chunk = inputs[start : start + internal_batch_size]
+            logits = check_logits(logits_of(forward_func(chunk, *additional_forward_args)), chunk.shape[0])
+            scores = scores_from_logits(logits, score)
+            if target is not None:
+                scores = scores.gather(1, target[start : start + internal_batch_size, None])[:, 0]
+            outputs.append(scores)
+    return torch.cat(outputs)
+
+
+def resolve_target(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    target: object,
+    *,
+    score: Score = "softmax",
+    internal_batch_size: int = 128,
+) -> tuple[Tensor, Tensor]:
+    """Format ``target`` (int, list, (B,) tensor or None = argmax on the clean input) and return it with the
+    clean (B, K) scores."""
+    clean = chunked_scores(forward_func, inputs, None, score=score, internal_batch_size=internal_batch_size)
+    formatted = format_target(target, inputs.shape[0], clean.shape[1], inputs.device)
+    if formatted is None:
+        formatted = clean.argmax(1)
+    return formatted, clean
+
+
+def model_context(forward_func: object, force_eval: bool):
+    """Eval mode for the call (when asked) with every flag and hook restored afterwards."""
+    return preserved_state(forward_func, eval_mode=force_eval)

@@ -1,0 +1,5 @@
+"""LightningModule wrappers."""
+
+from .classifier import ImageClassifier
+
+__all__ = ["ImageClassifier"]
