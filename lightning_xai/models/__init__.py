@@ -2,15 +2,18 @@
 
 from .layers import Stage, layer_name, list_stages, resolve_layer
 from .outputs import LogitsForward, check_logits, infer_num_prefix_tokens, logits_of, tokens_to_grid
+from .zoo import build_model, small_resnet
 
 __all__ = [
     "LogitsForward",
     "Stage",
+    "build_model",
     "check_logits",
     "infer_num_prefix_tokens",
     "layer_name",
     "list_stages",
     "logits_of",
     "resolve_layer",
+    "small_resnet",
     "tokens_to_grid",
 ]

@@ -6,31 +6,32 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-import timm
 import torch
 from torch import Tensor, nn
 
 from ..data.batch import Batch, split_batch
+from ..models.zoo import build_model
 
 
 class ImageClassifier(L.LightningModule):
     """Cross-entropy classification of any backbone, with the loss kept as ``self.criterion``.
 
-    ``model`` is an ``nn.Module`` or a timm model name (built with random weights unless ``pretrained``).
+    ``model`` is an ``nn.Module``, ``"small_resnet"`` (:func:`~lightning_xai.models.small_resnet`, for the
+    synthetic data) or a timm model name (built with random weights unless ``pretrained``).
     The loss lives in ``self.criterion`` so that the library's training callbacks can reach it (see the
     loss-tap protocol in the design notes). Logs ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
     ``test_acc``.
 
     Example:
         >>> import torch
-        >>> module = ImageClassifier("resnet18", num_classes=4)
+        >>> module = ImageClassifier("small_resnet", num_classes=4)
         >>> module(torch.rand(2, 3, 32, 32)).shape
         torch.Size([2, 4])
     """
 
     def __init__(
         self,
-        model: nn.Module | str = "resnet18",
+        model: nn.Module | str = "small_resnet",
         num_classes: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -38,10 +39,7 @@ class ImageClassifier(L.LightningModule):
         batch_adapter: Callable[[Any], Batch] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(model, str):
-            model = timm.create_model(model, pretrained=pretrained, num_classes=num_classes)
-        elif not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be an nn.Module or a timm model name, got {type(model).__name__}")
+        model = build_model(model, num_classes, pretrained)
         if lr <= 0:
             raise ValueError(f"`lr` must be positive, got {lr!r}")
         self.save_hyperparameters(ignore=["model", "batch_adapter"])
