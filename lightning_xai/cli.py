@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields
 
@@ -54,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # Lightning's start-up banners and a deprecation notice raised inside Lightning itself are noise here.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     if args.command == "demo":
         overrides = {
             f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name, None) is not None

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .data import ShapesDataModule
 from .explain import grad_cam
-from .metrics.localisation import PointingGame
+from .metrics import PointingGame
 from .modules import ImageClassifier
 from .viz import save_overlay_grid
 
@@ -23,15 +23,15 @@ class DemoConfig:
     """Settings of :func:`run_demo`; the defaults train in about two minutes on two CPU cores."""
 
     out: str = "demo-out"
-    model: str = "resnet18"
-    layer: str = "layer3"
+    model: str = "small_resnet"
+    layer: str = "auto"
     epochs: int = 4
     train_size: int = 1536
     val_size: int = 256
     test_size: int = 256
-    image_size: int = 64
+    image_size: int = 48
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 3e-3
     num_overlays: int = 16
     seed: int = 0
     progress: bool = True
@@ -39,7 +39,7 @@ class DemoConfig:
     @classmethod
     def quick(cls, **overrides: object) -> DemoConfig:
         """A smoke-run configuration (seconds, not minutes) for CI."""
-        settings = dict(epochs=1, train_size=128, val_size=32, test_size=32, image_size=32, num_overlays=4)
+        settings = dict(epochs=1, train_size=128, val_size=32, test_size=32, image_size=24, num_overlays=4)
         settings.update(overrides)
         return cls(**settings)  # type: ignore[arg-type]
 

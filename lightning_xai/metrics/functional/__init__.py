@@ -1,0 +1,26 @@
+"""Functional forms of the explanation metrics: one call on one batch, same math as the ``Metric`` classes."""
+
+from .avx import avx_score
+from .complexity import complexity, sparseness
+from .consistency import explanation_consistency
+from .faithfulness import average_drop, deletion_auc, increase_in_confidence, insertion_auc
+from .localisation import energy_pointing_game, iou_auc, pixel_average_precision, pointing_game
+from .randomization import model_randomization_check, spearman_similarity, ssim_similarity
+
+__all__ = [
+    "average_drop",
+    "avx_score",
+    "complexity",
+    "deletion_auc",
+    "energy_pointing_game",
+    "explanation_consistency",
+    "increase_in_confidence",
+    "insertion_auc",
+    "iou_auc",
+    "model_randomization_check",
+    "pixel_average_precision",
+    "pointing_game",
+    "sparseness",
+    "spearman_similarity",
+    "ssim_similarity",
+]

@@ -1,0 +1,466 @@
+"""AVX, the evaluation protocol of ADVISE (Dehshibi et al., arXiv 2203.01289; reference code ``dehshibi/ADVISE``).
+
+Per image, with ``X`` the pixel image on a [0, 255] scale, ``c1`` the explained class, ``c2`` the runner-up and
+``S1``, ``S2`` their maps in [0, 1] at the image's resolution:
+
+1. class sensitivity ``CS = Pearson(S1, S2)``; the check passes iff ``|CS| ≤ 0.55`` (a NaN CS fails, stored 0);
+2. the masked image ``X̃ = X ⊙ 1[S1 ≥ 0.5]`` (``mask_mode="reference"``) or ``round(X ⊙ S1)`` (``"soft"``);
+3. hit iff ``c1`` is among the top-5 classes on ``X̃``;
+4. Average Drop ``max(0, y − o)/y`` with ``y = p_c1(X)`` and ``o = max_k p_k(X̃)`` (reference) or ``p_c1(X̃)``;
+5. ``SSIM(X̃, X)`` (torchmetrics, data range 255), 6. ``FSIMc(X̃, X)`` (``piq``), 7. ``nMSE = mean((X̃−X)²)/255²``;
+8. miss penalty: a miss that passes the CS check multiplies AD, SSIM, FSIMc and nMSE by ``1 − |y − o|``; a miss
+   that fails it sets AD = 1, SSIM = FSIMc = 0, nMSE = 1;
+9. ``AVX = 4 / (1/SSIM + 1/FSIMc + 1/(1−nMSE) + 1/(1−AD))``, and 0 when any of the four terms is ≤ 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from ..._checks import (
+    check_in_choices,
+    check_inputs_on_model_device,
+    check_same_device,
+    check_tensor,
+    describe,
+    format_target,
+)
+from ...explain import require_grad_mode
+from ...models import LogitsForward
+from .._common import ChannelReduction, chunked_scores, model_context, resize_maps, to_maps
+from .faithfulness import _average_drop_update, check_internal_batch_size
+
+MaskMode = Literal["reference", "soft"]
+AdForm = Literal["reference", "standard"]
+MapNormalization = Literal["none", "minmax"]
+AvxExplainFn = Callable[[Callable[..., Any], Tensor, Tensor], Any]
+
+AVX_KEYS = (
+    "avx",
+    "ad",
+    "ad_reference",
+    "ssim",
+    "fsim",
+    "nmse",
+    "class_sensitivity",
+    "cs_pass_rate",
+    "hit_rate",
+)
+
+# torchmetrics' SSIM window: smaller images cannot be scored.
+_MIN_SIDE = 11
+_PIXEL_MAX = 255.0
+
+
+class PixelNormalizer:
+    """Maps [0, 1] pixels to model inputs: ``(x − mean) / std`` per channel, or the identity without them."""
+
+    def __init__(
+        self, mean: Sequence[float] | Tensor | None = None, std: Sequence[float] | Tensor | None = None
+    ):
+        if (mean is None) != (std is None):
+            raise ValueError(f"`mean` and `std` must be given together, got mean={mean!r} and std={std!r}")
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64).flatten()
+        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float64).flatten()
+        if self.std is not None and bool((self.std <= 0).any()):
+            raise ValueError(f"`std` must be positive, got {std!r}")
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        if self.mean is None or self.std is None:
+            return pixels
+        channels = pixels.shape[1]
+        for name, value in (("mean", self.mean), ("std", self.std)):
+            if value.numel() not in (1, channels):
+                raise ValueError(
+                    f"`{name}` must have 1 or {channels} values (one per channel), got {value.numel()}"
+                )
+        mean = self.mean.to(pixels).view(1, -1, 1, 1)
+        std = self.std.to(pixels).view(1, -1, 1, 1)
+        return (pixels - mean) / std
+
+
+def make_normalizer(
+    normalize: Callable[[Tensor], Tensor] | None = None,
+    mean: Sequence[float] | Tensor | None = None,
+    std: Sequence[float] | Tensor | None = None,
+) -> Callable[[Tensor], Tensor]:
+    """The pixel-to-model-input map of :class:`AVX`: ``normalize`` itself, or mean/std, or the identity."""
+    if normalize is not None:
+        if not callable(normalize):
+            raise TypeError(
+                f"`normalize` must be a callable mapping [0,1] pixels to model inputs, got {describe(normalize)}"
+            )
+        if mean is not None or std is not None:
+            raise ValueError("pass either `normalize` or `mean`/`std`, not both")
+        return normalize
+    return PixelNormalizer(mean, std)
+
+
+def check_avx_args(
+    mask_mode: str,
+    ad_form: str,
+    cs_threshold: object,
+    top_k: object,
+    channel_reduction: str,
+    map_normalization: str,
+    internal_batch_size: int,
+) -> None:
+    check_in_choices("mask_mode", mask_mode, ("reference", "soft"))
+    check_in_choices("ad_form", ad_form, ("reference", "standard"))
+    check_in_choices("channel_reduction", channel_reduction, ("sum", "sum_abs", "max_abs"))
+    check_in_choices("map_normalization", map_normalization, ("none", "minmax"))
+    if (
+        isinstance(cs_threshold, bool)
+        or not isinstance(cs_threshold, (int, float))
+        or not 0 <= cs_threshold <= 1
+    ):
+        raise ValueError(f"`cs_threshold` must be a number in [0, 1], got {cs_threshold!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"`top_k` must be a positive int, got {top_k!r}")
+    check_internal_batch_size(internal_batch_size)
+
+
+def _check_images(images: object) -> tuple[Tensor, Tensor]:
+    """Pixels on [0, 1] (for the model) and on [0, 255] (for the image-quality terms), both floating."""
+    check_tensor("images", images, ndim=4)
+    assert isinstance(images, Tensor)
+    batch, channels, height, width = images.shape
+    if batch == 0:
+        raise ValueError(f"`images` must hold at least one image, got {describe(images)}")
+    if channels not in (1, 3):
+        raise ValueError(
+            f"`images` must be (B, 3, H, W) colour or (B, 1, H, W) grey pixels, got {describe(images)}"
+        )
+    if min(height, width) < _MIN_SIDE:
+        raise ValueError(
+            f"`images` must be at least {_MIN_SIDE}x{_MIN_SIDE} (the SSIM window), got {describe(images)}"
+        )
+    if images.dtype == torch.uint8:
+        pixels = images.float()
+        return pixels / _PIXEL_MAX, pixels
+    if not images.is_floating_point():
+        raise TypeError(f"`images` must be uint8 or floating-point pixels in [0, 1], got {describe(images)}")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"`images` must be pixels in [0, 1] (or uint8), got values in [{low:.4g}, {high:.4g}]; pass pixels "
+            "and map them to model inputs with `normalize` or `mean`/`std`"
+        )
+    images = images if images.dtype in (torch.float32, torch.float64) else images.float()
+    return images, images * _PIXEL_MAX
+
+
+def _avx_maps(
+    attributions: object,
+    name: str,
+    images: Tensor,
+    channel_reduction: ChannelReduction,
+    map_normalization: MapNormalization,
+) -> Tensor:
+    """(B, H, W) maps in [0, 1] at the images' resolution."""
+    check_tensor(name, attributions, ndim=(3, 4))
+    assert isinstance(attributions, Tensor)
+    maps = to_maps(attributions, channel_reduction, name=name)
+    if maps.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"`{name}` must have the images' batch size {images.shape[0]}, got {describe(attributions)}"
+        )
+    check_same_device(name, attributions, images.device, "`images`")
+    if map_normalization == "minmax":
+        low = maps.amin((1, 2), keepdim=True)
+        span = maps.amax((1, 2), keepdim=True) - low
+        # A constant map explains nothing: it becomes 0, as ADVISE does with its group maps.
+        maps = torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
+    else:
+        low, high = float(maps.min()), float(maps.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"`{name}` must be maps in [0, 1], got values in [{low:.4g}, {high:.4g}]; pass "
+                "`map_normalization='minmax'` to rescale each map"
+            )
+    maps = resize_maps(maps, tuple(images.shape[-2:]))
+    # Bilinear weights sum to 1 only up to round-off; the maps were in [0, 1] before resizing.
+    return maps.clamp(0, 1)
+
+
+def _masked_pixels(pixels: Tensor, maps: Tensor, mask_mode: MaskMode) -> Tensor:
+    """``X̃`` on the [0, 255] scale: ADVISE casts the map to the image's integer type (a 0.5 threshold) before
+    multiplying; ``"soft"`` multiplies and rounds."""
+    if mask_mode == "reference":
+        return pixels * (maps >= 0.5).unsqueeze(1).to(pixels.dtype)
+    return (pixels * maps.unsqueeze(1).to(pixels.dtype)).round()
+
+
+def _class_sensitivity(maps_top1: Tensor, maps_top2: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Pearson correlation of the two maps (B,) in float64 and whether ``|CS| ≤ threshold``; a constant map
+    makes CS undefined, which fails the check and is stored as 0."""
+    dtype = torch.float32 if maps_top1.device.type == "mps" else torch.float64
+    a = maps_top1.flatten(1).to(dtype)
+    b = maps_top2.flatten(1).to(dtype)
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    denom = (a.square().sum(1) * b.square().sum(1)).sqrt()
+    defined = denom > 0
+    cs = torch.where(defined, (a * b).sum(1) / denom.clamp_min(torch.finfo(dtype).tiny), 0.0)
+    return cs, defined & (cs.abs() <= threshold)
+
+
+def _fsim(masked: Tensor, pixels: Tensor) -> Tensor:
+    try:
+        import piq
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("AVX computes FSIMc with the `piq` package: `pip install piq`") from error
+    return piq.fsim(masked, pixels, reduction="none", data_range=_PIXEL_MAX, chromatic=pixels.shape[1] == 3)
+
+
+def _avx_scores(
+    pixels: Tensor,
+    masked: Tensor,
+    maps_top1: Tensor,
+    maps_top2: Tensor,
+    clean_probs: Tensor,
+    masked_probs: Tensor,
+    target: Tensor,
+    *,
+    ad_form: AdForm = "reference",
+    cs_threshold: float = 0.55,
+    top_k: int = 5,
+) -> dict[str, Tensor]:
+    """Per-image AVX and its components (B,) each, keyed as :data:`AVX_KEYS`, from the [0, 255] images and
+    their masked versions, the two maps and the softmax probabilities on both images."""
+    dtype = torch.float64 if pixels.dtype == torch.float64 else torch.float32
+    pixels = pixels.to(dtype)
+    masked = masked.to(dtype)
+    clean_probs = clean_probs.to(dtype)
+    masked_probs = masked_probs.to(dtype)
+    index = target[:, None]
+    y = clean_probs.gather(1, index)[:, 0]
+    o_standard = masked_probs.gather(1, index)[:, 0]
+    o_reference = masked_probs.amax(1)
+    # Ties count in c1's favour: a hit unless k classes score strictly higher.
+    hit = (masked_probs > o_standard[:, None]).sum(1) < top_k
+    cs, cs_pass = _class_sensitivity(maps_top1, maps_top2, cs_threshold)
+
+    ad_standard = _average_drop_update(y, o_standard)
+    ad_reference = _average_drop_update(y, o_reference)
+    ssim = structural_similarity_index_measure(masked, pixels, data_range=_PIXEL_MAX, reduction="none")
+    fsim = _fsim(masked, pixels).to(dtype)
+    nmse = (masked - pixels).square().flatten(1).mean(1) / _PIXEL_MAX**2
+
+    o = o_reference if ad_form == "reference" else o_standard
+    factor = 1 - (y - o).abs()
+    soft_miss = ~hit & cs_pass
+    hard_miss = ~hit & ~cs_pass
+    ad_standard = torch.where(soft_miss, ad_standard * (1 - (y - o_standard).abs()), ad_standard)
+    ad_reference = torch.where(soft_miss, ad_reference * (1 - (y - o_reference).abs()), ad_reference)
+    ssim, fsim, nmse = (torch.where(soft_miss, value * factor, value) for value in (ssim, fsim, nmse))
+    one, zero = torch.ones_like(y), torch.zeros_like(y)
+    ad_standard = torch.where(hard_miss, one, ad_standard)
+    ad_reference = torch.where(hard_miss, one, ad_reference)
+    ssim = torch.where(hard_miss, zero, ssim)
+    fsim = torch.where(hard_miss, zero, fsim)
+    nmse = torch.where(hard_miss, one, nmse)
+
+    ad = ad_reference if ad_form == "reference" else ad_standard
+    terms = torch.stack([ssim, fsim, 1 - nmse, 1 - ad], 1)
+    positive = (terms > 0).all(1)
+    # MATLAB's 1/0 = Inf makes the harmonic mean 0 when a term vanishes; negative terms are treated alike.
+    avx = torch.where(positive, 4 / terms.clamp_min(torch.finfo(dtype).tiny).reciprocal().sum(1), zero)
+    return {
+        "avx": avx,
+        "ad": ad_standard,
+        "ad_reference": ad_reference,
+        "ssim": ssim,
+        "fsim": fsim,
+        "nmse": nmse,
+        "class_sensitivity": cs.to(dtype),
+        "cs_pass_rate": cs_pass.to(dtype),
+        "hit_rate": hit.to(dtype),
+    }
+
+
+def _runner_up(probs: Tensor, target: Tensor) -> Tensor:
+    """The most probable class other than ``target`` (lowest index on ties)."""
+    if probs.shape[1] < 2:
+        raise ValueError(
+            f"AVX needs at least 2 classes to explain a runner-up class, the model has {probs.shape[1]}"
+        )
+    return probs.scatter(1, target[:, None], float("-inf")).argmax(1)
+
+
+def _model_inputs(normalizer: Callable[[Tensor], Tensor], pixels: Tensor, what: str) -> Tensor:
+    inputs = normalizer(pixels)
+    if not isinstance(inputs, Tensor) or inputs.ndim == 0 or inputs.shape[0] != pixels.shape[0]:
+        raise TypeError(
+            f"`normalize` must map a batch of pixels to a batch of model inputs; on the {what} images "
+            f"({describe(pixels)}) it returned {describe(inputs)}"
+        )
+    return inputs
+
+
+def _avx_update(
+    forward_func: Callable[..., Any],
+    images: Tensor,
+    attributions_top1: Tensor,
+    attributions_top2: Tensor | None = None,
+    target: object = None,
+    *,
+    normalize: Callable[[Tensor], Tensor] | None = None,
+    explain_fn: AvxExplainFn | None = None,
+    mask_mode: MaskMode = "reference",
+    ad_form: AdForm = "reference",
+    cs_threshold: float = 0.55,
+    top_k: int = 5,
+    channel_reduction: ChannelReduction = "sum",
+    map_normalization: MapNormalization = "none",
+    force_eval: bool = True,
+    internal_batch_size: int = 128,
+) -> dict[str, Tensor]:
+    """Per-image AVX components (B,) of one batch. The clean and masked images go through the model together,
+    in ``ceil(2B / internal_batch_size)`` calls, or in two passes when ``explain_fn`` must explain ``c2`` first.
+    """
+    check_avx_args(
+        mask_mode, ad_form, cs_threshold, top_k, channel_reduction, map_normalization, internal_batch_size
+    )
+    normalizer = make_normalizer(normalize)
+    pixels01, pixels = _check_images(images)
+    batch = images.shape[0]
+    maps_top1 = _avx_maps(
+        attributions_top1, "attributions_top1", images, channel_reduction, map_normalization
+    )
+    if attributions_top2 is not None:
+        maps_top2 = _avx_maps(
+            attributions_top2, "attributions_top2", images, channel_reduction, map_normalization
+        )
+    elif explain_fn is None:
+        raise ValueError(
+            "`attributions_top2` (the maps of the runner-up class) is missing: pass it, or give the metric an "
+            "`explain_fn(forward_func, inputs, target)` that computes it"
+        )
+    elif not callable(explain_fn):
+        raise TypeError(
+            f"`explain_fn` must be callable as explain_fn(forward_func, inputs, target), got {describe(explain_fn)}"
+        )
+    else:
+        require_grad_mode("AVX with `explain_fn` (the runner-up class is explained during update)")
+    format_target(target, batch, None, images.device)
+    forward = LogitsForward(forward_func)
+    check_inputs_on_model_device("images", images, forward.module)
+
+    masked = _masked_pixels(pixels, maps_top1, mask_mode)
+    clean_inputs = _model_inputs(normalizer, pixels01, "clean")
+    masked_inputs = _model_inputs(normalizer, masked / _PIXEL_MAX, "masked")
+    with model_context(forward.module, force_eval):
+        if attributions_top2 is not None:
+            probs = chunked_scores(
+                forward,
+                torch.cat([clean_inputs, masked_inputs]),
+                None,
+                internal_batch_size=internal_batch_size,
+            )
+            clean_probs, masked_probs = probs[:batch], probs[batch:]
+        else:
+            clean_probs = chunked_scores(forward, clean_inputs, None, internal_batch_size=internal_batch_size)
+        formatted = format_target(target, batch, clean_probs.shape[1], images.device)
+        if formatted is None:
+            formatted = clean_probs.argmax(1)
+        if attributions_top2 is None:
+            assert explain_fn is not None
+            runner_up = _runner_up(clean_probs, formatted)
+            with torch.enable_grad():
+                explained = explain_fn(forward_func, clean_inputs, runner_up)
+            if isinstance(explained, (tuple, list)) and len(explained) == 1:
+                explained = explained[0]
+            if isinstance(explained, Tensor):
+                explained = explained.detach()
+            maps_top2 = _avx_maps(
+                explained,
+                "explain_fn output (attributions_top2)",
+                images,
+                channel_reduction,
+                map_normalization,
+            )
+            masked_probs = chunked_scores(
+                forward, masked_inputs, None, internal_batch_size=internal_batch_size
+            )
+    return _avx_scores(
+        pixels,
+        masked,
+        maps_top1,
+        maps_top2,
+        clean_probs,
+        masked_probs,
+        formatted,
+        ad_form=ad_form,
+        cs_threshold=float(cs_threshold),
+        top_k=top_k,
+    )
+
+
+def _avx_compute(sums: dict[str, Tensor], count: Tensor | int) -> dict[str, Tensor]:
+    """Means of the per-image components over ``count`` images."""
+    return {key: sums[key] / count for key in AVX_KEYS}
+
+
+def avx_score(
+    forward_func: Callable[..., Any],
+    images: Tensor,
+    attributions_top1: Tensor,
+    attributions_top2: Tensor | None = None,
+    target: object = None,
+    *,
+    normalize: Callable[[Tensor], Tensor] | None = None,
+    mean: Sequence[float] | Tensor | None = None,
+    std: Sequence[float] | Tensor | None = None,
+    explain_fn: AvxExplainFn | None = None,
+    mask_mode: MaskMode = "reference",
+    ad_form: AdForm = "reference",
+    cs_threshold: float = 0.55,
+    top_k: int = 5,
+    channel_reduction: ChannelReduction = "sum",
+    map_normalization: MapNormalization = "none",
+    force_eval: bool = True,
+    internal_batch_size: int = 128,
+    return_per_sample: bool = False,
+) -> dict[str, Tensor]:
+    """AVX of one batch (named ``avx_score`` so that it does not shadow this module): a dict of the batch means of :data:`AVX_KEYS` (or the (B,) per-image values with
+    ``return_per_sample=True``). See :class:`~lightning_xai.metrics.AVX` for every argument.
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import avx_score
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 6))
+        >>> images = torch.rand(2, 3, 16, 16)
+        >>> maps_top1, maps_top2 = torch.rand(2, 16, 16), torch.rand(2, 16, 16)
+        >>> result = avx_score(model, images, maps_top1, maps_top2, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        >>> sorted(result)
+        ['ad', 'ad_reference', 'avx', 'class_sensitivity', 'cs_pass_rate', 'fsim', 'hit_rate', 'nmse', 'ssim']
+        >>> bool(0 <= result["avx"] <= 1)
+        True
+    """
+    per_sample = _avx_update(
+        forward_func,
+        images,
+        attributions_top1,
+        attributions_top2,
+        target,
+        normalize=make_normalizer(normalize, mean, std),
+        explain_fn=explain_fn,
+        mask_mode=mask_mode,
+        ad_form=ad_form,
+        cs_threshold=cs_threshold,
+        top_k=top_k,
+        channel_reduction=channel_reduction,
+        map_normalization=map_normalization,
+        force_eval=force_eval,
+        internal_batch_size=internal_batch_size,
+    )
+    if return_per_sample:
+        return per_sample
+    return _avx_compute({key: value.sum() for key, value in per_sample.items()}, images.shape[0])

@@ -1,0 +1,665 @@
+"""Faithfulness metrics: deletion / insertion curves (I-GOS and RISE protocols), Average Drop and Increase in
+Confidence (Grad-CAM++).
+
+The math lives once here, in ``_perturbation_curve_update`` / ``_perturbation_curve_compute`` and
+``_confidence_update``; the public functions below and the ``Metric`` classes in
+``lightning_xai.metrics.faithfulness`` both call them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..._checks import (
+    check_in_choices,
+    check_inputs_on_model_device,
+    check_positive,
+    check_same_device,
+    check_tensor,
+    describe,
+    format_target,
+)
+from ...explain import make_baseline
+from ...explain.baselines import BaselineSpec
+from ...models import LogitsForward, check_logits
+from .._common import (
+    ChannelReduction,
+    Score,
+    chunked_scores,
+    model_context,
+    resize_maps,
+    resolve_target,
+    scores_from_logits,
+    to_maps,
+)
+
+Preset = Literal["igos", "rise"]
+Integration = Literal["right", "trapezoid"]
+Normalize = Literal["minmax", "max", "none"]
+ConfidenceForm = Literal["standard", "reference"]
+Resolution = int | tuple[int, int] | None | str
+
+# Default settings of each protocol. ``cells_per_step`` is a rule, resolved once the grid size is known:
+# "fiftieth" is I-GOS' max(1, n // 50), "row" is RISE's one image row (grid width) per step.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "igos": {
+        "resolution": (28, 28),
+        "cells_per_step": "fiftieth",
+        "baseline": {"deletion": "blur", "insertion": "blur"},
+        "blur_kernel": 51,
+        "blur_sigma": 50.0,
+        "integration": "right",
+    },
+    "rise": {
+        "resolution": None,
+        "cells_per_step": "row",
+        "baseline": {"deletion": "zeros", "insertion": "blur"},
+        "blur_kernel": 11,
+        "blur_sigma": 5.0,
+        "integration": "trapezoid",
+    },
+}
+
+_AD_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """The resolved protocol of one deletion or insertion curve (see :func:`curve_settings`)."""
+
+    mode: Literal["deletion", "insertion"]
+    resolution: tuple[int, int] | None
+    cells_per_step: int | str
+    baseline: BaselineSpec
+    blur_kernel: int
+    blur_sigma: float
+    integration: Integration
+
+
+def curve_settings(
+    mode: str,
+    preset: str = "igos",
+    resolution: Resolution = "preset",
+    cells_per_step: int | None = None,
+    baseline: BaselineSpec | None = None,
+    blur_kernel: int | None = None,
+    blur_sigma: float | None = None,
+    integration: str | None = None,
+) -> CurveSettings:
+    """Validate the curve arguments and fill the unset ones (``None``, or ``"preset"`` for ``resolution``)
+    from ``preset``."""
+    check_in_choices("mode", mode, ("deletion", "insertion"))
+    check_in_choices("preset", preset, tuple(_PRESETS))
+    defaults = _PRESETS[preset]
+    if isinstance(resolution, str):
+        if resolution != "preset":
+            raise ValueError(
+                f"`resolution` must be 'preset', None (rank pixels), an int or a (height, width) pair, got {resolution!r}"
+            )
+        resolution = defaults["resolution"]
+    elif resolution is not None:
+        pair = (resolution, resolution) if isinstance(resolution, int) else resolution
+        if (
+            not isinstance(pair, (tuple, list))
+            or len(pair) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
+        ):
+            raise ValueError(
+                f"`resolution` must be 'preset', None (rank pixels), a positive int or a pair of positive ints, "
+                f"got {resolution!r}"
+            )
+        resolution = (int(pair[0]), int(pair[1]))
+    if cells_per_step is None:
+        cells_per_step = defaults["cells_per_step"]
+    elif isinstance(cells_per_step, bool) or not isinstance(cells_per_step, int) or cells_per_step < 1:
+        raise ValueError(
+            f"`cells_per_step` must be a positive int or None (the preset's rule), got {cells_per_step!r}"
+        )
+    if baseline is None:
+        baseline = defaults["baseline"][mode]
+    blur_kernel = defaults["blur_kernel"] if blur_kernel is None else blur_kernel
+    if (
+        isinstance(blur_kernel, bool)
+        or not isinstance(blur_kernel, int)
+        or blur_kernel < 1
+        or blur_kernel % 2 == 0
+    ):
+        raise ValueError(f"`blur_kernel` must be a positive odd int, got {blur_kernel!r}")
+    blur_sigma = defaults["blur_sigma"] if blur_sigma is None else blur_sigma
+    check_positive("blur_sigma", blur_sigma)
+    integration = defaults["integration"] if integration is None else integration
+    check_in_choices("integration", integration, ("right", "trapezoid"))
+    if isinstance(baseline, str):
+        check_in_choices("baseline", baseline, ("blur", "zeros", "black", "mean"))
+    elif not (isinstance(baseline, (int, float, Tensor)) or callable(baseline)) or isinstance(baseline, bool):
+        raise TypeError(
+            f"`baseline` must be 'blur', 'zeros', 'mean', a number, a tensor or a callable, got {describe(baseline)}"
+        )
+    return CurveSettings(
+        mode, resolution, cells_per_step, baseline, blur_kernel, float(blur_sigma), integration
+    )
+
+
+def check_internal_batch_size(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`internal_batch_size` must be a positive int, got {value!r}")
+
+
+def _forward_of(forward_func: Callable[..., Any]) -> tuple[LogitsForward, torch.nn.Module | None]:
+    forward = LogitsForward(forward_func)
+    return forward, forward.module
+
+
+def _check_inputs_and_maps(
+    inputs: Tensor, attributions: Tensor, channel_reduction: ChannelReduction
+) -> tuple[Tensor, Tensor]:
+    check_tensor("inputs", inputs, ndim=4, floating=True)
+    if channel_reduction == "none":
+        raise ValueError("`channel_reduction` must be 'sum', 'sum_abs' or 'max_abs' here, got 'none'")
+    maps = to_maps(attributions, channel_reduction)
+    if maps.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"`attributions` must have the inputs' batch size {inputs.shape[0]}, got {describe(attributions)}"
+        )
+    if attributions.ndim == 4 and attributions.shape[1] not in (1, inputs.shape[1]):
+        raise ValueError(
+            f"`attributions` must have 1 or {inputs.shape[1]} channels (the inputs'), got {describe(attributions)}"
+        )
+    check_same_device("attributions", attributions, inputs.device, "`inputs`")
+    return inputs, maps
+
+
+def _ranking_grid(maps: Tensor, resolution: tuple[int, int] | None, size: tuple[int, int]) -> Tensor:
+    """Bring (B,h,w) maps to the ranking grid: the input size for pixel ranking, else ``resolution`` by adaptive
+    average pooling along the dimensions where the map is larger, then bilinear along those where it is smaller."""
+    if resolution is None:
+        return resize_maps(maps, size)
+    height, width = maps.shape[-2:]
+    if (height, width) == resolution:
+        return maps
+    grid = maps.unsqueeze(1)
+    if height > resolution[0] or width > resolution[1]:
+        grid = F.adaptive_avg_pool2d(grid, (min(height, resolution[0]), min(width, resolution[1])))
+    if tuple(grid.shape[-2:]) != resolution:
+        grid = F.interpolate(grid, size=resolution, mode="bilinear", align_corners=False)
+    return grid[:, 0]
+
+
+def _cell_ranks(grid: Tensor) -> Tensor:
+    """Position of each cell in the descending ranking, (B, n); a stable sort puts the lower flat index first."""
+    flat = grid.flatten(1)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    positions = torch.arange(flat.shape[1], device=flat.device).expand_as(order)
+    return torch.empty_like(order).scatter_(1, order, positions)
+
+
+def _step_counts(num_cells: int, cells_per_step: int | str, grid_width: int, device: torch.device) -> Tensor:
+    """``n_j = min(j k, n)`` for j = 0..J, with ``J = ceil(n / k)``."""
+    if cells_per_step == "fiftieth":
+        step = max(1, num_cells // 50)
+    elif cells_per_step == "row":
+        step = grid_width
+    else:
+        step = int(cells_per_step)
+    num_steps = math.ceil(num_cells / step)
+    return (torch.arange(num_steps + 1, device=device, dtype=torch.int32) * step).clamp_(max=num_cells)
+
+
+def _perturbation_curve_update(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: object,
+    settings: CurveSettings,
+    *,
+    channel_reduction: ChannelReduction = "sum",
+    score: Score = "softmax",
+    force_eval: bool = True,
+    internal_batch_size: int = 128,
+    with_start: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Score every perturbed input of a batch and integrate the curves.
+
+    The B × J' perturbed inputs (J' = J steps, plus the unperturbed start when ``with_start`` or the
+    integration is the trapezoid) are built chunk by chunk and scored in ``ceil(B J' / internal_batch_size)``
+    model calls; ``target=None`` adds ``ceil(B / internal_batch_size)`` calls on the clean inputs.
+
+    Returns the per-sample AUC (B,) and the curves (B, J') in step order; their first column is the start
+    (n_0 = 0) exactly when J' = J + 1.
+    """
+    check_in_choices("score", score, ("softmax", "logit"))
+    check_internal_batch_size(internal_batch_size)
+    inputs, maps = _check_inputs_and_maps(inputs, attributions, channel_reduction)
+    batch, _, height, width = inputs.shape
+    formatted = format_target(target, batch, None, inputs.device)
+    forward, module = _forward_of(forward_func)
+    check_inputs_on_model_device("inputs", inputs, module)
+
+    grid = _ranking_grid(maps, settings.resolution, (height, width))
+    grid_size = tuple(grid.shape[-2:])
+    ranks = _cell_ranks(grid).to(torch.int32)
+    counts = _step_counts(ranks.shape[1], settings.cells_per_step, grid_size[1], inputs.device)
+    num_steps = counts.numel() - 1
+    first = 0 if (with_start or settings.integration == "trapezoid") else 1
+    points = num_steps + 1 - first
+
+    with model_context(module, force_eval), torch.no_grad():
+        if formatted is None:
+            formatted, _ = resolve_target(
+                forward, inputs, None, score=score, internal_batch_size=internal_batch_size
+            )
+        baseline = make_baseline(
+            inputs, settings.baseline, blur_kernel=settings.blur_kernel, blur_sigma=settings.blur_sigma
+        )
+        # lerp(start, end, U) is exact at U = 0 and U = 1, so the first and last points are the clean and
+        # baseline inputs bit for bit.
+        start, end = (inputs, baseline) if settings.mode == "deletion" else (baseline, inputs)
+        total = batch * points
+        # One buffer serves every chunk: a fresh multi-megabyte allocation per chunk costs more (page faults)
+        # than building the images. Scores are taken from each chunk's logits before the buffer is rewritten.
+        buffer = inputs.new_empty((min(internal_batch_size, total), *inputs.shape[1:]))
+        scores = []
+        for begin in range(0, total, internal_batch_size):
+            stop = min(begin + internal_batch_size, total)
+            perturbed = _perturbed_chunk(
+                buffer[: stop - begin], start, end, ranks, counts, begin, points, first, grid_size
+            )
+            logits = check_logits(forward(perturbed), perturbed.shape[0])
+            if begin == 0:
+                _check_target_range(formatted, logits.shape[1])
+            sample = torch.arange(begin, stop, device=inputs.device).div(points, rounding_mode="floor")
+            chunk_target = formatted.index_select(0, sample)
+            scores.append(scores_from_logits(logits, score).gather(1, chunk_target[:, None])[:, 0])
+    curves = _at_least_float32(torch.cat(scores).view(batch, points))
+    weights = (counts[1:] - counts[:-1]).to(curves.dtype) / counts[-1]
+    if settings.integration == "right":
+        auc = (curves[:, 1 - first :] * weights).sum(1)
+    else:
+        auc = ((curves[:, :-1] + curves[:, 1:]) * 0.5 * weights).sum(1)
+    return auc, curves
+
+
+def _perturbed_chunk(
+    out: Tensor,
+    start: Tensor,
+    end: Tensor,
+    ranks: Tensor,
+    counts: Tensor,
+    begin: int,
+    points: int,
+    first: int,
+    grid_size: tuple[int, int],
+) -> Tensor:
+    """Write rows ``begin..begin+len(out)-1`` of the sample-major stream (row = sample * points + step - first),
+    ``lerp(start, end, U_step)``, into ``out`` and return it.
+
+    A chunk is cut into at most three runs: the end of one sample's steps, whole samples, the start of another
+    sample's steps. Each run is one broadcast ``lerp`` over (samples, steps) written into the chunk, so the
+    clean and baseline images are read in place instead of being gathered once per row.
+    """
+    image_shape = start.shape[1:]
+    stop = begin + out.shape[0]
+    first_full = -(-begin // points) * points
+    last_full = max(first_full, stop // points * points)
+    runs = [(begin, min(stop, first_full)), (first_full, last_full), (max(last_full, begin), stop)]
+    for run_begin, run_stop in runs:
+        if run_stop <= run_begin:
+            continue
+        sample = run_begin // points
+        if run_stop - run_begin >= points:  # whole samples
+            num_samples, num_steps = (run_stop - run_begin) // points, points
+            steps = torch.arange(first, first + points, device=start.device)
+        else:
+            num_samples, num_steps = 1, run_stop - run_begin
+            offset = run_begin - sample * points + first
+            steps = torch.arange(offset, offset + num_steps, device=start.device)
+        samples = slice(sample, sample + num_samples)
+        cells = ranks[samples, None, :] < counts[steps][None, :, None]
+        mask = cells.to(start.dtype).view(num_samples * num_steps, 1, *grid_size)
+        if grid_size != tuple(start.shape[-2:]):
+            mask = F.interpolate(mask, size=tuple(start.shape[-2:]), mode="bilinear", align_corners=True)
+        dest = out[run_begin - begin : run_stop - begin].view(num_samples, num_steps, *image_shape)
+        torch.lerp(
+            start[samples, None],
+            end[samples, None],
+            mask.view(num_samples, num_steps, 1, *mask.shape[-2:]),
+            out=dest,
+        )
+    return out
+
+
+def _at_least_float32(values: Tensor) -> Tensor:
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
+
+
+def _check_target_range(target: Tensor, num_classes: int) -> None:
+    if target.numel() and int(target.max()) >= num_classes:
+        raise ValueError(
+            f"`target` must be below the number of classes ({num_classes}), got maximum {int(target.max())}"
+        )
+
+
+def _perturbation_curve_compute(auc_sum: Tensor, count: Tensor) -> Tensor:
+    """Mean AUC over the samples seen (NaN before any sample)."""
+    return auc_sum / count
+
+
+def _curve_functional(
+    mode: str,
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: object,
+    *,
+    preset: str,
+    resolution: Resolution,
+    cells_per_step: int | None,
+    baseline: BaselineSpec | None,
+    blur_kernel: int | None,
+    blur_sigma: float | None,
+    integration: str | None,
+    channel_reduction: ChannelReduction,
+    score: Score,
+    force_eval: bool,
+    internal_batch_size: int,
+    return_curves: bool,
+) -> Tensor | dict[str, Tensor]:
+    settings = curve_settings(
+        mode, preset, resolution, cells_per_step, baseline, blur_kernel, blur_sigma, integration
+    )
+    auc, curves = _perturbation_curve_update(
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        settings,
+        channel_reduction=channel_reduction,
+        score=score,
+        force_eval=force_eval,
+        internal_batch_size=internal_batch_size,
+        with_start=return_curves,
+    )
+    value = _perturbation_curve_compute(auc.sum(), torch.tensor(auc.numel(), device=auc.device))
+    if return_curves:
+        return {"auc": value, "curves": curves}
+    return value
+
+
+def deletion_auc(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: object = None,
+    *,
+    preset: Preset = "igos",
+    resolution: Resolution = "preset",
+    cells_per_step: int | None = None,
+    baseline: BaselineSpec | None = None,
+    blur_kernel: int | None = None,
+    blur_sigma: float | None = None,
+    integration: Integration | None = None,
+    channel_reduction: ChannelReduction = "sum",
+    score: Score = "softmax",
+    force_eval: bool = True,
+    internal_batch_size: int = 128,
+    return_curves: bool = False,
+) -> Tensor | dict[str, Tensor]:
+    """Deletion AUC of a batch: the area under the target score as the most salient cells are replaced by the
+    baseline (lower is better). See :class:`~lightning_xai.metrics.DeletionAUC` for every argument.
+
+    Returns the mean AUC over the batch, or with ``return_curves=True`` a dict ``{"auc": mean AUC,
+    "curves": (B, J + 1) scores}`` whose column j is the score after removing ``n_j = min(j k, n)`` cells
+    (column 0: the clean input).
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import deletion_auc
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        >>> inputs, maps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+        >>> value = deletion_auc(model, inputs, maps, target=0, resolution=8)
+        >>> bool(0 <= value <= 1)
+        True
+    """
+    return _curve_functional(
+        "deletion",
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        preset=preset,
+        resolution=resolution,
+        cells_per_step=cells_per_step,
+        baseline=baseline,
+        blur_kernel=blur_kernel,
+        blur_sigma=blur_sigma,
+        integration=integration,
+        channel_reduction=channel_reduction,
+        score=score,
+        force_eval=force_eval,
+        internal_batch_size=internal_batch_size,
+        return_curves=return_curves,
+    )
+
+
+def insertion_auc(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: object = None,
+    *,
+    preset: Preset = "igos",
+    resolution: Resolution = "preset",
+    cells_per_step: int | None = None,
+    baseline: BaselineSpec | None = None,
+    blur_kernel: int | None = None,
+    blur_sigma: float | None = None,
+    integration: Integration | None = None,
+    channel_reduction: ChannelReduction = "sum",
+    score: Score = "softmax",
+    force_eval: bool = True,
+    internal_batch_size: int = 128,
+    return_curves: bool = False,
+) -> Tensor | dict[str, Tensor]:
+    """Insertion AUC of a batch: the area under the target score as the most salient cells are restored on the
+    baseline (higher is better). See :class:`~lightning_xai.metrics.InsertionAUC` for every argument.
+
+    Returns the mean AUC over the batch, or with ``return_curves=True`` a dict ``{"auc": mean AUC,
+    "curves": (B, J + 1) scores}`` whose column j is the score after restoring ``n_j = min(j k, n)`` cells
+    (column 0: the baseline).
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import insertion_auc
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        >>> inputs, maps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+        >>> out = insertion_auc(model, inputs, maps, target=0, resolution=4, return_curves=True)
+        >>> out["curves"].shape  # 16 cells, one per step, plus the start
+        torch.Size([2, 17])
+    """
+    return _curve_functional(
+        "insertion",
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        preset=preset,
+        resolution=resolution,
+        cells_per_step=cells_per_step,
+        baseline=baseline,
+        blur_kernel=blur_kernel,
+        blur_sigma=blur_sigma,
+        integration=integration,
+        channel_reduction=channel_reduction,
+        score=score,
+        force_eval=force_eval,
+        internal_batch_size=internal_batch_size,
+        return_curves=return_curves,
+    )
+
+
+def check_confidence_args(normalize: str, form: str, score: str, internal_batch_size: int) -> None:
+    check_in_choices("normalize", normalize, ("minmax", "max", "none"))
+    check_in_choices("form", form, ("standard", "reference"))
+    check_in_choices("score", score, ("softmax", "logit"))
+    check_internal_batch_size(internal_batch_size)
+
+
+def _explanation_weights(maps: Tensor, normalize: Normalize) -> Tensor:
+    """Per-sample normalisation of (B,H,W) maps into the weights E of x̃ = E ⊙ x."""
+    if normalize == "none":
+        return maps
+    flat = maps.flatten(1)
+    high = flat.amax(1)
+    if normalize == "max":
+        low = flat.amin(1)
+        if bool((low < 0).any()):
+            raise ValueError(
+                "`normalize='max'` expects non-negative maps (e.g. ReLU'd CAMs), got a minimum of "
+                f"{float(low.min()):.4g}; use normalize='minmax'"
+            )
+        scale = torch.where(high > 0, high, torch.ones_like(high))
+        return maps / scale[:, None, None]
+    low = flat.amin(1)
+    span = high - low
+    # A constant map carries no ranking: it keeps nothing (E = 0) rather than dividing by zero.
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    weights = (maps - low[:, None, None]) / safe[:, None, None]
+    return torch.where((span > 0)[:, None, None], weights, torch.zeros_like(weights))
+
+
+def _confidence_update(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: object,
+    *,
+    normalize: Normalize = "minmax",
+    form: ConfidenceForm = "standard",
+    channel_reduction: ChannelReduction = "sum",
+    score: Score = "softmax",
+    force_eval: bool = True,
+    internal_batch_size: int = 128,
+) -> tuple[Tensor, Tensor]:
+    """Scores ``y_c`` on the clean inputs and ``o`` on x̃ = E ⊙ x (B,) each, in ``2 ceil(B / ibs)`` model calls.
+
+    ``o`` is the score of class c (``form="standard"``) or the top score (``form="reference"``).
+    """
+    check_confidence_args(normalize, form, score, internal_batch_size)
+    inputs, maps = _check_inputs_and_maps(inputs, attributions, channel_reduction)
+    batch = inputs.shape[0]
+    format_target(target, batch, None, inputs.device)
+    forward, module = _forward_of(forward_func)
+    check_inputs_on_model_device("inputs", inputs, module)
+    weights = _explanation_weights(resize_maps(maps, tuple(inputs.shape[-2:])), normalize)
+    with model_context(module, force_eval), torch.no_grad():
+        formatted, clean = resolve_target(
+            forward, inputs, target, score=score, internal_batch_size=internal_batch_size
+        )
+        masked = inputs * weights.unsqueeze(1).to(inputs.dtype)
+        explained = chunked_scores(
+            forward, masked, None, score=score, internal_batch_size=internal_batch_size
+        )
+    y = clean.gather(1, formatted[:, None])[:, 0]
+    o = explained.amax(1) if form == "reference" else explained.gather(1, formatted[:, None])[:, 0]
+    return _at_least_float32(y), _at_least_float32(o)
+
+
+def _average_drop_update(y: Tensor, o: Tensor) -> Tensor:
+    """Per-sample drop ``max(0, y - o) / (y + 1e-7)``."""
+    return (y - o).clamp(min=0) / (y + _AD_EPS)
+
+
+def _increase_in_confidence_update(y: Tensor, o: Tensor) -> Tensor:
+    """Per-sample indicator ``o > y``."""
+    return (o > y).float()
+
+
+def _mean_compute(total: Tensor, count: Tensor) -> Tensor:
+    return total / count
+
+
+def average_drop(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: object = None,
+    *,
+    normalize: Normalize = "minmax",
+    form: ConfidenceForm = "standard",
+    channel_reduction: ChannelReduction = "sum",
+    score: Score = "softmax",
+    force_eval: bool = True,
+    internal_batch_size: int = 128,
+) -> Tensor:
+    """Average Drop (Grad-CAM++) of a batch: ``mean_i max(0, y_c - o_c) / (y_c + 1e-7)`` (lower is better).
+    See :class:`~lightning_xai.metrics.AverageDrop` for every argument.
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import average_drop
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        >>> value = average_drop(model, torch.rand(2, 3, 8, 8), torch.rand(2, 4, 4))
+        >>> bool(0 <= value <= 1)
+        True
+    """
+    y, o = _confidence_update(
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        normalize=normalize,
+        form=form,
+        channel_reduction=channel_reduction,
+        score=score,
+        force_eval=force_eval,
+        internal_batch_size=internal_batch_size,
+    )
+    drops = _average_drop_update(y, o)
+    return _mean_compute(drops.sum(), torch.tensor(drops.numel(), device=drops.device))
+
+
+def increase_in_confidence(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: object = None,
+    *,
+    normalize: Normalize = "minmax",
+    form: ConfidenceForm = "standard",
+    channel_reduction: ChannelReduction = "sum",
+    score: Score = "softmax",
+    force_eval: bool = True,
+    internal_batch_size: int = 128,
+) -> Tensor:
+    """Increase in Confidence (Grad-CAM++) of a batch: the fraction of samples with ``o_c > y_c`` (higher is
+    better). See :class:`~lightning_xai.metrics.IncreaseInConfidence` for every argument.
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import increase_in_confidence
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+        >>> value = increase_in_confidence(model, torch.rand(2, 3, 8, 8), torch.rand(2, 4, 4))
+        >>> bool(0 <= value <= 1)
+        True
+    """
+    y, o = _confidence_update(
+        forward_func,
+        inputs,
+        attributions,
+        target,
+        normalize=normalize,
+        form=form,
+        channel_reduction=channel_reduction,
+        score=score,
+        force_eval=force_eval,
+        internal_batch_size=internal_batch_size,
+    )
+    increases = _increase_in_confidence_update(y, o)
+    return _mean_compute(increases.sum(), torch.tensor(increases.numel(), device=increases.device))

@@ -1,0 +1,550 @@
+"""Localisation metrics against ground-truth masks: pointing game, energy pointing game, IoU-AUC and PxAP.
+
+The math lives here once, in ``_x_update`` / ``_x_compute`` helpers that the public functions and the
+``Metric`` classes of :mod:`lightning_xai.metrics.localisation` share. Maps are brought to the mask's
+resolution (bilinear, align_corners=False) before anything is counted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..._checks import check_in_choices, check_positive, check_tensor, describe
+from .._common import ChannelReduction, check_masks, resize_maps, to_maps
+
+__all__ = ["energy_pointing_game", "iou_auc", "pixel_average_precision", "pointing_game"]
+
+Average = Literal["micro", "macro"]
+UnitNormalize = Literal["none", "minmax", "max"]
+
+#: The (TP=1, FP=0, FN=10000) point that the COMET reference puts before the highest threshold.
+_COMET_PSEUDO_RECALL = 1.0 / (1.0 + 10000.0)
+
+
+def _acc_dtype(device: torch.device) -> torch.dtype:
+    # Sums over many pixels and ratios of large counts are formed in float64 wherever the device has it.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _count_sorted(values: Tensor, size: int) -> Tensor:
+    """Occurrences of 0..size-1 in a 1-D int64 tensor by sorting and searching: deterministic, O(N) memory."""
+    edges = torch.arange(size + 1, device=values.device, dtype=values.dtype)
+    return torch.searchsorted(values.sort().values, edges).diff()
+
+
+def _count_values(values: Tensor, size: int) -> Tensor:
+    """Occurrences of 0..size-1 in a 1-D int64 tensor, exact on every device."""
+    # torch.bincount has no deterministic CUDA kernel, nor an MPS one.
+    deterministic_cuda = values.is_cuda and torch.are_deterministic_algorithms_enabled()
+    if deterministic_cuda or values.device.type not in ("cpu", "cuda"):
+        return _count_sorted(values, size)
+    return torch.bincount(values, minlength=size)
+
+
+def _maps_and_masks(
+    attributions: Tensor, masks: Tensor, channel_reduction: ChannelReduction
+) -> tuple[Tensor, Tensor]:
+    """Validated (B,H,W) float maps and (B,H,W) bool masks; the maps keep their own resolution."""
+    if channel_reduction == "none":
+        raise ValueError("`channel_reduction` must reduce channels for localisation metrics, got 'none'")
+    maps = to_maps(attributions, channel_reduction)
+    masks = check_masks(masks, maps.shape[0])
+    if masks.device != maps.device:
+        raise ValueError(f"`masks` is on {masks.device} but `attributions` is on {maps.device}")
+    return maps, masks
+
+
+def _unit_maps(maps: Tensor, normalize: UnitNormalize, name: str = "attributions") -> Tensor:
+    """Per-sample normalisation to [0, 1] (``"minmax"`` or ``"max"``), or a check that maps already lie there."""
+    check_in_choices("normalize", normalize, ("none", "minmax", "max"))
+    flat = maps.flatten(1)
+    if normalize == "minmax":
+        low = flat.amin(1, keepdim=True)
+        span = flat.amax(1, keepdim=True) - low
+        # A constant map carries no ranking; it becomes all zeros rather than 0/0.
+        flat = torch.where(span > 0, (flat - low) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
+    elif normalize == "max":
+        top = flat.amax(1, keepdim=True)
+        flat = torch.where(top > 0, flat / top.clamp_min(torch.finfo(flat.dtype).tiny), flat)
+    if flat.numel() and (bool((flat < 0).any()) or bool((flat > 1).any())):
+        hint = "" if normalize != "none" else ", or pass normalize='minmax'"
+        raise ValueError(
+            f"`{name}` must lie in [0, 1] after normalize={normalize!r}{hint}; got values in "
+            f"[{float(flat.min()):.4g}, {float(flat.max()):.4g}]"
+        )
+    return flat.view_as(maps)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pointing game
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _disk_kernel(tolerance: float, device: torch.device) -> Tensor:
+    """(1,1,k,k) indicator of the offsets d with ‖d‖₂ < tolerance, the centre always included."""
+    radius = max(math.ceil(tolerance) - 1, 0)
+    offsets = torch.arange(-radius, radius + 1, device=device, dtype=torch.float32)
+    dist2 = offsets[:, None] ** 2 + offsets[None, :] ** 2
+    kernel = (dist2 < tolerance**2) | (dist2 == 0)
+    return kernel.float()[None, None]
+
+
+def _dilate(masks: Tensor, tolerance: float) -> Tensor:
+    """Pixels within Euclidean distance < ``tolerance`` of a foreground pixel, for a (B,H,W) bool batch."""
+    kernel = _disk_kernel(tolerance, masks.device)
+    if kernel.shape[-1] == 1:
+        return masks
+    radius = kernel.shape[-1] // 2
+    # Counts of foreground pixels under the disk are small integers, exact in float32.
+    hits = F.conv2d(masks[:, None].float(), kernel, padding=radius)
+    return hits[:, 0] > 0.5
+
+
+def _pointing_game_hits(maps: Tensor, masks: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
+    """Per-row hit (B,) and validity (B,) (non-empty mask); ``maps`` must already be at the mask size."""
+    flat = maps.flatten(1)
+    maximisers = (flat == flat.amax(1, keepdim=True)).view_as(maps)
+    accepted = _dilate(masks, tolerance)
+    hit = (maximisers & accepted).flatten(1).any(1)
+    valid = masks.flatten(1).any(1)
+    return hit, valid
+
+
+def _format_class_ids(
+    class_ids: object, batch_size: int, num_classes: int | None, device: torch.device
+) -> Tensor:
+    """(B,) long class indices of the rows; all zeros when there is a single class."""
+    if class_ids is None:
+        if num_classes is not None and num_classes > 1:
+            raise ValueError(
+                f"`class_ids` (one class index per row) is required when num_classes={num_classes}"
+            )
+        return torch.zeros(batch_size, dtype=torch.long, device=device)
+    if num_classes is None:
+        raise ValueError(
+            "`class_ids` was given but `num_classes` was not; pass num_classes=K to count per class"
+        )
+    if isinstance(class_ids, bool):
+        raise TypeError(
+            f"`class_ids` must be an int, a list of ints or an integer tensor, got {describe(class_ids)}"
+        )
+    if isinstance(class_ids, int):
+        ids = torch.full((batch_size,), class_ids, dtype=torch.long, device=device)
+    elif isinstance(class_ids, (list, tuple)):
+        if not all(isinstance(c, int) and not isinstance(c, bool) for c in class_ids):
+            raise TypeError(f"`class_ids` as a list must hold ints, got {class_ids!r}"[:200])
+        ids = torch.tensor(list(class_ids), dtype=torch.long, device=device).reshape(-1)
+    elif isinstance(class_ids, Tensor):
+        if class_ids.is_floating_point() or class_ids.is_complex() or class_ids.dtype == torch.bool:
+            raise TypeError(f"`class_ids` must be an integer tensor, got {describe(class_ids)}")
+        ids = class_ids.to(device=device, dtype=torch.long).reshape(-1)
+    else:
+        raise TypeError(
+            f"`class_ids` must be an int, a list of ints or an integer tensor, got {describe(class_ids)}"
+        )
+    if ids.numel() != batch_size:
+        raise ValueError(f"`class_ids` must hold {batch_size} class indices (one per row), got {ids.numel()}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_classes):
+        raise ValueError(
+            f"`class_ids` must lie in [0, {num_classes}) (num_classes={num_classes}), got values in "
+            f"[{int(ids.min())}, {int(ids.max())}]"
+        )
+    return ids
+
+
+def _check_pointing_game_args(tolerance: float, num_classes: int | None, average: str) -> None:
+    check_positive("tolerance", tolerance, allow_zero=True)
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
+        raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes!r}")
+    check_in_choices("average", average, ("micro", "macro"))
+
+
+def _pointing_game_update(
+    attributions: Tensor,
+    masks: Tensor,
+    class_ids: object = None,
+    *,
+    tolerance: float = 15,
+    num_classes: int | None = None,
+    channel_reduction: ChannelReduction = "sum",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class hit and miss counts (K,) and the number of rows skipped for an empty mask."""
+    maps, masks = _maps_and_masks(attributions, masks, channel_reduction)
+    ids = _format_class_ids(class_ids, maps.shape[0], num_classes, maps.device)
+    maps = resize_maps(maps, tuple(masks.shape[-2:]))
+    hit, valid = _pointing_game_hits(maps, masks, tolerance)
+    size = num_classes or 1
+    hits = _count_values(ids[valid & hit], size)
+    misses = _count_values(ids[valid & ~hit], size)
+    return hits, misses, (~valid).sum()
+
+
+def _pointing_game_compute(hits: Tensor, misses: Tensor, average: Average = "micro") -> Tensor:
+    """Micro: hits over all rows. Macro: mean accuracy over the classes that have at least one row.
+
+    NaN when no row was counted.
+    """
+    hits = hits.double() if hits.device.type != "mps" else hits.float()
+    totals = hits + misses.to(hits.dtype)
+    if average == "micro":
+        return (hits.sum() / totals.sum()).float()
+    present = totals > 0
+    return (hits[present] / totals[present]).mean().float()
+
+
+def pointing_game(
+    attributions: Tensor,
+    masks: Tensor,
+    class_ids: Tensor | Sequence[int] | int | None = None,
+    *,
+    tolerance: float = 15,
+    num_classes: int | None = None,
+    average: Average = "micro",
+    channel_reduction: ChannelReduction = "sum",
+) -> Tensor:
+    """Pointing game accuracy (Zhang et al., arXiv 1608.00507; TorchRay's protocol).
+
+    A row (one image-class pair) is a hit when a maximiser of its map, resized to the mask size, lies in the
+    mask or within Euclidean distance < ``tolerance`` pixels of a foreground pixel. Every maximiser counts
+    when there are ties. Rows with an empty mask are skipped.
+
+    Args:
+        attributions: (B,H,W), (B,1,H,W) or (B,C,H,W) maps; C > 1 is reduced by ``channel_reduction``.
+        masks: (B,H,W) or (B,1,H,W) binary masks, bool or {0, 1}; they set the resolution.
+        class_ids: the class of each row, needed for ``average="macro"`` with ``num_classes`` > 1.
+        tolerance: in pixels at the mask's resolution; 0 requires the maximiser itself in the mask.
+        num_classes: number of classes for per-class counts (None: a single class).
+        average: ``"micro"`` (hits over rows) or ``"macro"`` (mean per-class accuracy over the classes
+            present).
+        channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"``.
+
+    Returns:
+        A scalar in [0, 1]; NaN when every row was skipped.
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import pointing_game
+        >>> maps = torch.zeros(2, 8, 8)
+        >>> maps[0, 2, 2] = 1.0  # on the object
+        >>> maps[1, 7, 7] = 1.0  # far from it
+        >>> masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+        >>> masks[:, 1:4, 1:4] = True
+        >>> pointing_game(maps, masks, tolerance=0)
+        tensor(0.5000)
+    """
+    _check_pointing_game_args(tolerance, num_classes, average)
+    hits, misses, _ = _pointing_game_update(
+        attributions,
+        masks,
+        class_ids,
+        tolerance=tolerance,
+        num_classes=num_classes,
+        channel_reduction=channel_reduction,
+    )
+    return _pointing_game_compute(hits, misses, average)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Energy-based pointing game
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _energy_pointing_game_scores(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-row energy inside the mask (B,) and validity (B,) (non-empty mask), maps at the mask size."""
+    positive = maps.to(_acc_dtype(maps.device)).clamp_min(0).flatten(1)
+    fg = masks.flatten(1)
+    inside = (positive * fg).sum(1)
+    total = positive.sum(1)
+    # A map without positive energy points nowhere: it scores 0, it is not skipped.
+    scores = torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+    return scores, fg.any(1)
+
+
+def _energy_pointing_game_update(
+    attributions: Tensor, masks: Tensor, *, channel_reduction: ChannelReduction = "sum"
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sum of the per-row scores, number of rows scored and number skipped for an empty mask."""
+    maps, masks = _maps_and_masks(attributions, masks, channel_reduction)
+    maps = resize_maps(maps, tuple(masks.shape[-2:]))
+    scores, valid = _energy_pointing_game_scores(maps, masks)
+    return scores[valid].sum(), valid.sum(), (~valid).sum()
+
+
+def _mean_compute(total: Tensor, count: Tensor) -> Tensor:
+    """``total / count`` as a float scalar; NaN when nothing was counted."""
+    return (total.double() / count.double()).float() if total.device.type != "mps" else total / count
+
+
+def energy_pointing_game(
+    attributions: Tensor, masks: Tensor, *, channel_reduction: ChannelReduction = "sum"
+) -> Tensor:
+    """Energy-based pointing game (Score-CAM, arXiv 1910.01279).
+
+    Per row, ``Σ_{u ∈ fg} S⁺(u) / Σ_u S⁺(u)`` with ``S⁺ = max(S, 0)`` at the mask's resolution, with no
+    min-max normalisation (a shift would change the ratio). A map without positive values scores 0; a row
+    with an empty mask is skipped.
+
+    Args:
+        attributions: (B,H,W), (B,1,H,W) or (B,C,H,W) maps; C > 1 is reduced by ``channel_reduction``.
+        masks: (B,H,W) or (B,1,H,W) binary foreground (a segmentation mask or the union of the boxes).
+        channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"``.
+
+    Returns:
+        The mean over rows, in [0, 1]; NaN when every row was skipped.
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import energy_pointing_game
+        >>> maps = torch.tensor([[[3.0, 1.0], [0.0, -2.0]]])
+        >>> masks = torch.tensor([[[1, 0], [0, 0]]])
+        >>> energy_pointing_game(maps, masks)
+        tensor(0.7500)
+    """
+    total, count, _ = _energy_pointing_game_update(attributions, masks, channel_reduction=channel_reduction)
+    return _mean_compute(total, count)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# IoU-AUC
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _iou_num_points(iou_step: float) -> int:
+    """Number of IoU thresholds {0, Δ, …, 1}; 1/Δ must be a whole number."""
+    check_positive("iou_step", iou_step)
+    intervals = round(1.0 / iou_step)
+    if iou_step > 1 or abs(intervals * iou_step - 1.0) > 1e-6:
+        raise ValueError(
+            f"`iou_step` must divide 1 into a whole number of steps (e.g. 0.05), got {iou_step!r}"
+        )
+    return intervals + 1
+
+
+def _check_iou_auc_args(threshold: float, iou_step: float, normalize: str) -> int:
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise ValueError(
+            f"`threshold` (the binarisation level τ_b) must be a number in [0, 1), got {threshold!r}"
+        )
+    check_in_choices("normalize", normalize, ("none", "minmax", "max"))
+    return _iou_num_points(iou_step)
+
+
+def _ious(maps: Tensor, masks: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """Per-row IoU (B,) of ``maps > threshold`` with the masks, and validity (non-empty mask)."""
+    binary = (maps > threshold).flatten(1)
+    truth = masks.flatten(1)
+    dtype = _acc_dtype(maps.device)
+    inter = (binary & truth).sum(1).to(dtype)
+    union = (binary | truth).sum(1).to(dtype)
+    valid = truth.any(1)
+    return inter / union.clamp_min(1), valid
+
+
+def _iou_auc_update(
+    attributions: Tensor,
+    masks: Tensor,
+    *,
+    threshold: float = 0.6,
+    num_points: int = 21,
+    normalize: UnitNormalize = "none",
+    channel_reduction: ChannelReduction = "sum",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Counts of rows with IoU ≥ t for each of the ``num_points`` thresholds, the IoU sum, the number of
+    rows scored and the number skipped for an empty mask."""
+    maps, masks = _maps_and_masks(attributions, masks, channel_reduction)
+    maps = resize_maps(_unit_maps(maps, normalize), tuple(masks.shape[-2:]))
+    ious, valid = _ious(maps, masks, threshold)
+    ious = ious[valid]
+    # k / (P-1) rather than k·Δ, so that an IoU of exactly 3/5 meets the threshold 0.6.
+    levels = torch.arange(num_points, device=ious.device, dtype=ious.dtype) / (num_points - 1)
+    ge_counts = (ious[:, None] >= levels[None, :]).sum(0)
+    return ge_counts, ious.sum(), valid.sum(), (~valid).sum()
+
+
+def _iou_auc_compute(ge_counts: Tensor, iou_sum: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Trapezoid area under C(t) = fraction of rows with IoU ≥ t, and the mean IoU (both NaN when empty)."""
+    dtype = torch.float32 if ge_counts.device.type == "mps" else torch.float64
+    curve = ge_counts.to(dtype) / count.to(dtype)
+    step = 1.0 / (ge_counts.numel() - 1)
+    auc = step * (curve.sum() - 0.5 * (curve[0] + curve[-1]))
+    return auc.float(), _mean_compute(iou_sum, count)
+
+
+def iou_auc(
+    attributions: Tensor,
+    masks: Tensor,
+    *,
+    threshold: float = 0.6,
+    iou_step: float = 0.05,
+    normalize: UnitNormalize = "none",
+    channel_reduction: ChannelReduction = "sum",
+    return_mean_iou: bool = False,
+) -> Tensor | dict[str, Tensor]:
+    """Area under the IoU-threshold curve, as evaluated in COMET.
+
+    Each map is binarised at ``threshold`` (``S > τ_b``), its IoU with the mask is taken, and the curve
+    ``C(t) = fraction of rows with IoU ≥ t`` for ``t ∈ {0, Δ, …, 1}`` is integrated with the trapezoid rule.
+    The result lies within Δ/2 of the mean IoU. Rows with an empty mask are skipped.
+
+    Args:
+        attributions: (B,H,W), (B,1,H,W) or (B,C,H,W) maps in [0, 1] (after ``normalize``).
+        masks: (B,H,W) or (B,1,H,W) binary masks; they set the resolution.
+        threshold: binarisation level τ_b.
+        iou_step: Δ, the spacing of the IoU thresholds; 1/Δ must be a whole number.
+        normalize: ``"none"`` (maps outside [0, 1] are an error), ``"minmax"`` or ``"max"``, per sample.
+        channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"``.
+        return_mean_iou: return ``{"iou_auc": ..., "mean_iou": ...}`` instead of the AUC alone.
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import iou_auc
+        >>> masks = torch.zeros(2, 4, 4)
+        >>> masks[:, :2] = 1
+        >>> iou_auc(masks.clone(), masks)
+        tensor(1.)
+    """
+    num_points = _check_iou_auc_args(threshold, iou_step, normalize)
+    ge_counts, iou_sum, count, _ = _iou_auc_update(
+        attributions,
+        masks,
+        threshold=threshold,
+        num_points=num_points,
+        normalize=normalize,
+        channel_reduction=channel_reduction,
+    )
+    auc, mean_iou = _iou_auc_compute(ge_counts, iou_sum, count)
+    return {"iou_auc": auc, "mean_iou": mean_iou} if return_mean_iou else auc
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pixel average precision
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _format_thresholds(thresholds: int | Sequence[float] | Tensor | None) -> Tensor:
+    """Strictly increasing float64 thresholds (T,); the default is {0.05, 0.10, …, 0.95}."""
+    if thresholds is None:
+        return torch.arange(1, 20, dtype=torch.float64) / 20
+    if isinstance(thresholds, bool):
+        raise TypeError(
+            f"`thresholds` must be an int, a sequence of floats or a tensor, got {describe(thresholds)}"
+        )
+    if isinstance(thresholds, int):
+        if thresholds < 1:
+            raise ValueError(f"`thresholds` as an int must be at least 1, got {thresholds}")
+        # n evenly spaced levels strictly inside (0, 1), like the default for n = 19.
+        return torch.arange(1, thresholds + 1, dtype=torch.float64) / (thresholds + 1)
+    if isinstance(thresholds, Tensor):
+        values = thresholds.detach().to("cpu", torch.float64)
+    elif isinstance(thresholds, Sequence) and not isinstance(thresholds, str):
+        values = torch.tensor([float(t) for t in thresholds], dtype=torch.float64)
+    else:
+        raise TypeError(
+            f"`thresholds` must be an int, a sequence of floats or a tensor, got {describe(thresholds)}"
+        )
+    check_tensor("thresholds", values, ndim=1)
+    if values.numel() == 0 or (values.numel() > 1 and not bool((values[1:] > values[:-1]).all())):
+        raise ValueError(
+            f"`thresholds` must be a non-empty, strictly increasing sequence, got {values.tolist()}"
+        )
+    if bool((values < 0).any()) or bool((values > 1).any()):
+        raise ValueError(f"`thresholds` must lie in [0, 1] (maps do), got {values.tolist()}")
+    return values
+
+
+def _check_pxap_args(compat: str | None, normalize: str) -> None:
+    check_in_choices("compat", compat, (None, "comet"))
+    check_in_choices("normalize", normalize, ("none", "minmax", "max"))
+
+
+def _pixel_average_precision_update(
+    attributions: Tensor,
+    masks: Tensor,
+    thresholds: Tensor,
+    *,
+    normalize: UnitNormalize = "none",
+    channel_reduction: ChannelReduction = "sum",
+) -> tuple[Tensor, Tensor]:
+    """Foreground and background pixel counts (T+1,) int64 over (−∞,t_1), [t_1,t_2), …, [t_T,∞)."""
+    maps, masks = _maps_and_masks(attributions, masks, channel_reduction)
+    maps = resize_maps(_unit_maps(maps, normalize), tuple(masks.shape[-2:]))
+    # Thresholds in the map's own dtype, so that a stored 0.05 counts as ≥ 0.05.
+    levels = thresholds.to(device=maps.device, dtype=maps.dtype)
+    bins = torch.bucketize(maps.contiguous(), levels, right=True)
+    size = levels.numel() + 1
+    counts = _count_values((bins + size * masks.long()).flatten(), 2 * size)
+    return counts[size:], counts[:size]
+
+
+def _pixel_average_precision_compute(fg_hist: Tensor, bg_hist: Tensor, compat: str | None = None) -> Tensor:
+    """``Σ_j P(t_j)(R(t_j) − R(t_{j+1}))`` from the histograms; NaN without any foreground pixel.
+
+    ``compat="comet"`` leaves pixels below t_1 out of N_fg and replaces R(t_{T+1}) = 0 by the recall
+    1/10001 of the reference's pseudo-point (TP=1, FP=0, FN=10000). When every foreground pixel lies below
+    t_1 there, nothing was found at any threshold and the result is 0 (not 0/0).
+    """
+    dtype = torch.float32 if fg_hist.device.type == "mps" else torch.float64
+    # Cumulative sums from the top in int64 are exact; drop the (−∞, t_1) bin to get TP(t_j), FP(t_j).
+    tp = fg_hist.flip(0).cumsum(0).flip(0)[1:]
+    fp = bg_hist.flip(0).cumsum(0).flip(0)[1:]
+    n_fg = tp[0] if compat == "comet" else fg_hist.sum()
+    tp, fp = tp.to(dtype), fp.to(dtype)
+    # NaN only when the data has no foreground at all; a foreground that no threshold reaches scores 0.
+    recall = tp / (n_fg.clamp_min(1) if int(fg_hist.sum()) > 0 else n_fg).to(dtype)
+    predicted = tp + fp
+    precision = tp / predicted.clamp_min(1)
+    end = torch.full(
+        (1,), _COMET_PSEUDO_RECALL if compat == "comet" else 0.0, dtype=dtype, device=recall.device
+    )
+    gain = recall - torch.cat([recall[1:], end])
+    # Thresholds with no predicted pixel have no precision; they are left out of the sum.
+    terms = torch.where(predicted > 0, precision * gain, 0.0)
+    return terms.sum().float()
+
+
+def pixel_average_precision(
+    attributions: Tensor,
+    masks: Tensor,
+    *,
+    thresholds: int | Sequence[float] | Tensor | None = None,
+    compat: Literal["comet"] | None = None,
+    normalize: UnitNormalize = "none",
+    channel_reduction: ChannelReduction = "sum",
+) -> Tensor:
+    """Pixel average precision (PxAP; Choe et al., arXiv 2001.07437) over every pixel of the batch.
+
+    ``TP(t)`` and ``FP(t)`` count foreground and background pixels with ``S ≥ t``, pooled over all images;
+    ``P = TP/(TP+FP)``, ``R = TP/N_fg`` and ``PxAP = Σ_j P(t_j)(R(t_j) − R(t_{j+1}))`` with ``R(t_{T+1}) = 0``.
+
+    Args:
+        attributions: (B,H,W), (B,1,H,W) or (B,C,H,W) maps in [0, 1] (after ``normalize``).
+        masks: (B,H,W) or (B,1,H,W) binary masks; they set the resolution.
+        thresholds: increasing levels t_1 < … < t_T; an int n gives n evenly spaced levels in (0, 1);
+            default {0.05, …, 0.95}.
+        compat: ``"comet"`` reproduces the COMET reference (see the class ``PixelAveragePrecision``); its
+            reported number is this value × 100.
+        normalize: ``"none"`` (maps outside [0, 1] are an error), ``"minmax"`` or ``"max"``, per sample.
+        channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"``.
+
+    Example:
+        >>> import torch
+        >>> from lightning_xai.metrics.functional import pixel_average_precision
+        >>> masks = torch.zeros(2, 4, 4)
+        >>> masks[:, 1:3, 1:3] = 1
+        >>> pixel_average_precision(masks.clone(), masks)
+        tensor(1.)
+    """
+    _check_pxap_args(compat, normalize)
+    levels = _format_thresholds(thresholds)
+    fg_hist, bg_hist = _pixel_average_precision_update(
+        attributions, masks, levels, normalize=normalize, channel_reduction=channel_reduction
+    )
+    return _pixel_average_precision_compute(fg_hist, bg_hist, compat)
