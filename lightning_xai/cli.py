@@ -61,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     if args.command == "demo":
         overrides = {
-            f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name, None) is not None
+            f.name: getattr(args, f.name)
+            for f in fields(DemoConfig)
+            if getattr(args, f.name, None) is not None
         }
         overrides["progress"] = not args.no_progress
         config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
