@@ -4,15 +4,25 @@ Training-time explanation methods as callbacks and modules, post-hoc methods as 
 and explanation metrics as torchmetrics Metrics. Every public name is importable from here.
 """
 
+from .attr import MHEXAttribution
+from .callbacks import LossTap, MultiHeadExplainer, SampleWeightedLossMixin
 from .data import IndexedDataset, ShapesDataModule, ShapesDataset, TokensDataModule, TokensDataset
 from .explain import background_pgd, compose, gaussian_blur, grad_cam, make_baseline, preserved_state
-from .models import LogitsForward, list_stages, logits_of, resolve_layer, tokens_to_grid
+from .heads import inject_mhex
+from .models import LogitsForward, list_stages, logits_of, resolve_layer, small_resnet, tokens_to_grid
+from .modules import ImageClassifier, MHEXClassifier
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ImageClassifier",
     "IndexedDataset",
     "LogitsForward",
+    "LossTap",
+    "MHEXAttribution",
+    "MHEXClassifier",
+    "MultiHeadExplainer",
+    "SampleWeightedLossMixin",
     "ShapesDataModule",
     "ShapesDataset",
     "TokensDataModule",
@@ -22,10 +32,12 @@ __all__ = [
     "compose",
     "gaussian_blur",
     "grad_cam",
+    "inject_mhex",
     "list_stages",
     "logits_of",
     "make_baseline",
     "preserved_state",
     "resolve_layer",
+    "small_resnet",
     "tokens_to_grid",
 ]

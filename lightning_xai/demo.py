@@ -25,8 +25,8 @@ class DemoConfig:
     out: str = "demo-out"
     model: str = "small_resnet"
     layer: str = "auto"
-    epochs: int = 4
-    train_size: int = 1536
+    epochs: int = 6
+    train_size: int = 2048
     val_size: int = 256
     test_size: int = 256
     image_size: int = 48

@@ -1,5 +1,6 @@
 """LightningModule wrappers."""
 
 from .classifier import ImageClassifier
+from .mhex import MHEXClassifier
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "MHEXClassifier"]

@@ -8,13 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch.nn.functional as F
+from torch import Tensor
 
-from .._checks import check_tensor, describe  # noqa: E402
+from .._checks import check_tensor, describe
 
 
 def _to_hwc(image: Tensor) -> np.ndarray:

@@ -23,7 +23,10 @@ def test_no_command_prints_help(capsys):
 
 def test_console_script_is_installed():
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_xai.cli", "demo", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "lightning_xai.cli", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "--out" in result.stdout and "--quick" in result.stdout
 

@@ -16,7 +16,9 @@ def test_small_resnet_keeps_resolution_and_reports_true_strides():
     ]
     shapes = {}
     for stage in stages[1:]:
-        stage.module.register_forward_hook(lambda m, i, o, name=stage.name: shapes.__setitem__(name, o.shape[-1]))
+        stage.module.register_forward_hook(
+            lambda m, i, o, name=stage.name: shapes.__setitem__(name, o.shape[-1])
+        )
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
     assert shapes == {"layer1": 32, "layer2": 16, "layer3": 8, "layer4": 4}
     assert resolve_layer(model) is model.layer4

@@ -1,0 +1,5 @@
+"""Captum-compatible post-hoc attribution methods."""
+
+from .mhex import MHEXAttribution
+
+__all__ = ["MHEXAttribution"]

@@ -1,0 +1,159 @@
+"""Plumbing shared by the Captum-compatible attribution methods: input and output structure, extra forward
+arguments, targets, chunked model calls, noise generators and model-state warnings.
+
+Every method formats its arguments with these helpers, so that all of them accept the same things and fail
+with the same messages (see DESIGN.md, "Captum contract" and "Errors").
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
+from torch import Tensor, nn
+
+from .._checks import check_tensor, describe, format_target
+from ..models import LogitsForward, check_logits
+
+Score = Literal["softmax", "logit"]
+
+
+def format_inputs(
+    inputs: Tensor | tuple[Tensor, ...], *, max_tensors: int | None = None, ndim: int | None = None
+) -> tuple[tuple[Tensor, ...], bool]:
+    """Captum's input convention: a tensor or a tuple of tensors, returned as a tuple plus whether the caller
+    gave a tuple (so that the output can take the same structure with :func:`format_output`).
+
+    ``max_tensors`` bounds the tuple's length for methods that explain one tensor; ``ndim`` fixes the rank.
+    """
+    is_tuple = _is_tuple(inputs)
+    tensors = inputs if is_tuple else (inputs,)
+    if not tensors:
+        raise ValueError("`inputs` must be a tensor or a non-empty tuple of tensors, got an empty tuple")
+    if max_tensors is not None and len(tensors) > max_tensors:
+        raise ValueError(
+            f"`inputs` must be a tensor or a tuple of at most {max_tensors} tensor(s) for this method, "
+            f"got a tuple of {len(tensors)}"
+        )
+    for i, tensor in enumerate(tensors):
+        name = "inputs" if not is_tuple else f"inputs[{i}]"
+        check_tensor(name, tensor, ndim=ndim, floating=True)
+        if tensor.shape[0] != tensors[0].shape[0]:
+            raise ValueError(
+                f"every tensor of `inputs` must have the same batch size {tensors[0].shape[0]}, "
+                f"got {describe(tensor)} at position {i}"
+            )
+    return tuple(tensors), is_tuple
+
+
+def format_output(is_tuple: bool, outputs: tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+    """Give ``outputs`` the structure of the inputs: a tuple for tuple inputs, else the single tensor."""
+    return _format_output(is_tuple, tuple(outputs))
+
+
+def format_additional_forward_args(args: object) -> tuple[Any, ...]:
+    """Captum's convention for extra forward arguments: None, one object, or a tuple of them."""
+    formatted = _format_additional_forward_args(args)
+    return () if formatted is None else tuple(formatted)
+
+
+def select_forward_args(args: tuple[Any, ...], index: Tensor, batch_size: int) -> tuple[Any, ...]:
+    """The extra forward arguments of the model inputs built from samples ``index``: tensors with one row per
+    sample (first dimension ``batch_size``) are gathered row by row; anything else is passed as it is."""
+    return tuple(
+        arg.index_select(0, index.to(arg.device))
+        if isinstance(arg, Tensor) and arg.ndim > 0 and arg.shape[0] == batch_size
+        else arg
+        for arg in args
+    )
+
+
+def forward_module(forward_func: Callable[..., Any]) -> nn.Module | None:
+    """The module behind a forward function: the function itself, or what a wrapper holds as
+    ``forward_func`` (Captum and :class:`~lightning_xai.models.LogitsForward` wrappers)."""
+    seen: set[int] = set()
+    current: object = forward_func
+    while id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, nn.Module):
+            return current
+        current = getattr(current, "forward_func", None)
+        if current is None:
+            return None
+    return None
+
+
+def warn_if_training(module: nn.Module | None, what: str) -> None:
+    """Explanations of a model in training mode see dropout and batch statistics; say so, but leave it."""
+    if module is not None and module.training:
+        warnings.warn(
+            f"{what}: the model is in training mode (dropout and batch-norm statistics change its output); "
+            "call `model.eval()` first unless this is intended",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def check_internal_batch_size(value: object, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        want = "None or a positive int" if allow_none else "a positive int"
+        raise ValueError(f"`internal_batch_size` must be {want}, got {value!r}")
+
+
+def chunk_bounds(total: int, chunk: int | None) -> Iterator[tuple[int, int]]:
+    """``(begin, stop)`` of consecutive chunks of at most ``chunk`` rows (None: one chunk)."""
+    size = total if chunk is None else chunk
+    for begin in range(0, total, max(size, 1)):
+        yield begin, min(begin + size, total)
+
+
+def scores_from_logits(logits: Tensor, score: Score) -> Tensor:
+    """Softmax probabilities or raw logits, (N, K)."""
+    return logits.softmax(-1) if score == "softmax" else logits
+
+
+def clean_scores(
+    forward: LogitsForward,
+    inputs: Tensor,
+    target: object,
+    additional_forward_args: tuple[Any, ...] = (),
+    *,
+    score: Score = "softmax",
+    internal_batch_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One no-grad pass over the clean inputs: the (B,) target (``None`` becomes the argmax) and its (B,)
+    score. ``target`` is validated against the number of classes the model returned."""
+    batch = inputs.shape[0]
+    formatted = format_target(target, batch, None, inputs.device)
+    outputs = []
+    with torch.no_grad():
+        for begin, stop in chunk_bounds(batch, internal_batch_size):
+            index = torch.arange(begin, stop, device=inputs.device)
+            extra = select_forward_args(additional_forward_args, index, batch)
+            logits = check_logits(forward(inputs[begin:stop], *extra), stop - begin)
+            outputs.append(scores_from_logits(logits, score))
+    scores = torch.cat(outputs)
+    if formatted is None:
+        formatted = scores.argmax(1)
+    elif formatted.numel() and int(formatted.max()) >= scores.shape[1]:
+        raise ValueError(
+            f"`target` must be below the number of classes ({scores.shape[1]}), got maximum {int(formatted.max())}"
+        )
+    return formatted, scores.gather(1, formatted[:, None])[:, 0]
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded by ``seed``; None takes the seed from the global CPU RNG, so
+    ``torch.manual_seed`` still makes a run repeatable."""
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` must be an int or None, got {describe(seed)}")
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator

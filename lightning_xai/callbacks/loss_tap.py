@@ -1,0 +1,457 @@
+"""The loss tap: how callbacks reweight samples and add loss terms in a module they do not own.
+
+A Lightning callback cannot return a new loss. The user's module keeps its loss function as an attribute
+(``criterion``, ``loss_fn`` or ``loss_func``, or another name given as ``loss_attr``); a callback that must
+change the loss *acquires* the module's :class:`LossTap` in ``setup``. The first acquisition wraps that attribute;
+later ones (other callbacks) share the same tap. While any owner has a training batch open, each call of the
+criterion is replaced by
+
+``loss = Σ_i w_i (ℓ_i + Σ_terms t_i) / D + Σ_terms t``
+
+where ``ℓ_i`` are the per-sample losses (``reduction="none"``, summed over any extra dimensions), ``w_i`` the
+product of the sample weights the owners published for this batch, ``t_i`` per-sample auxiliary terms (MHEX
+deep supervision), ``t`` scalar terms, and ``D`` the denominator of the criterion's own reduction, so that with
+all weights 1 and no terms the value is the criterion's own. Validation, test and predict calls, and training
+calls with nothing published, return the criterion's own value untouched.
+
+Supported criteria:
+
+- ``torch.nn`` loss modules (subclasses of ``torch.nn.modules.loss._Loss`` with a ``reduction`` of ``"mean"``,
+  ``"sum"`` or, for ``KLDivLoss``, ``"batchmean"``): ``CrossEntropyLoss`` and ``NLLLoss`` with ``weight``,
+  ``ignore_index``, ``label_smoothing`` and class-index or probability targets, ``BCEWithLogitsLoss`` with
+  ``weight`` / ``pos_weight``, ``BCELoss``, ``MSELoss``, ``L1Loss``, ``SmoothL1Loss``, ``HuberLoss``, ... .
+  Module criteria are tapped with a forward hook, so the module tree and ``state_dict`` do not change.
+- functions with a ``reduction`` argument (``torch.nn.functional.cross_entropy`` and friends), tapped by
+  replacing the attribute with a wrapper.
+- modules that mix in :class:`SampleWeightedLossMixin` and call :meth:`~SampleWeightedLossMixin.
+  sample_weighted_loss` themselves.
+
+Anything else raises a ``TypeError`` at ``setup`` that says what to change.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.loss import _Loss
+from torch.utils.hooks import RemovableHandle
+
+from .._checks import describe
+
+__all__ = [
+    "LOSS_ATTRS",
+    "LossParts",
+    "LossTap",
+    "PerSampleLoss",
+    "SampleWeightedLossMixin",
+    "find_loss_tap",
+]
+
+#: Attribute names searched for the module's loss, in order.
+LOSS_ATTRS = ("criterion", "loss_fn", "loss_func")
+
+_TAP_ATTR = "_lightning_xai_loss_tap"
+_CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
+_CLASS_INDEX_FUNCTIONS = (F.cross_entropy, F.nll_loss)
+
+
+@dataclass
+class LossParts:
+    """Per-sample losses (B,) and the denominator ``D`` of the criterion's reduction: the criterion's value is
+    ``per_sample.sum() / denominator``."""
+
+    per_sample: Tensor
+    denominator: Tensor
+
+    def reduce(self) -> Tensor:
+        return self.per_sample.sum() / self.denominator
+
+
+#: ``term(input, target, per_sample_loss) -> Tensor``: a (B,) per-sample term or a scalar.
+AuxTerm = Callable[[Tensor, Any, Callable[[Tensor, Any], LossParts]], Tensor]
+
+
+def _class_index_denominator(
+    per_element: Tensor, target: Any, weight: Tensor | None, ignore_index: int
+) -> Tensor:
+    """Denominator of the ``"mean"`` reduction of cross-entropy / NLL: the weight mass of the counted targets
+    (their number without class weights); probability targets divide by the number of elements."""
+    if not isinstance(target, Tensor) or target.is_floating_point():
+        return torch.tensor(float(per_element.numel()), device=per_element.device)
+    counted = target != ignore_index
+    if weight is None:
+        return counted.sum().to(per_element.dtype)
+    safe = torch.where(counted, target, torch.zeros_like(target))
+    return (weight.to(per_element.device)[safe] * counted).sum().to(per_element.dtype)
+
+
+def _per_sample(per_element: Tensor, batch: int, what: str) -> Tensor:
+    if per_element.ndim == 0 or per_element.shape[0] != batch:
+        raise TypeError(
+            f"{what} did not return one loss per sample with `reduction='none'` (got {describe(per_element)} for "
+            f"a batch of {batch}); the loss tap needs a criterion that honours `reduction`, or a module with "
+            "SampleWeightedLossMixin"
+        )
+    return per_element.reshape(batch, -1).sum(1) if per_element.ndim > 1 else per_element
+
+
+class PerSampleLoss:
+    """Per-sample losses of a criterion: ``PerSampleLoss(nn.CrossEntropyLoss())(logits, y) -> LossParts``.
+
+    Raises a ``TypeError`` at construction for criteria that cannot give per-sample losses (see the module
+    notes for what is supported).
+
+    Example:
+        >>> import torch
+        >>> loss = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        >>> logits, y = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+        >>> parts = PerSampleLoss(loss)(logits, y)
+        >>> parts.per_sample.shape, bool(torch.isclose(parts.reduce(), loss(logits, y)))
+        (torch.Size([4]), True)
+    """
+
+    def __init__(self, criterion: Callable[..., Tensor], name: str = "criterion") -> None:
+        self.criterion = criterion
+        self.name = name
+        if isinstance(criterion, _Loss):
+            reduction = getattr(criterion, "reduction", None)
+            allowed = ("mean", "sum", "batchmean") if isinstance(criterion, nn.KLDivLoss) else ("mean", "sum")
+            if reduction not in allowed:
+                raise TypeError(
+                    f"the loss `{name}` ({type(criterion).__name__}) has reduction={reduction!r}; the loss tap "
+                    f"supports {list(allowed)}"
+                )
+            self.kind = "module"
+        elif isinstance(criterion, nn.Module):
+            raise TypeError(
+                f"the loss `{name}` is a {type(criterion).__name__}, not a torch.nn loss with a `reduction`; the "
+                "loss tap cannot split it into per-sample losses. Use a torch.nn loss (e.g. nn.CrossEntropyLoss), "
+                "or mix lightning_xai.callbacks.SampleWeightedLossMixin into your LightningModule and call "
+                "`self.sample_weighted_loss(logits, target)` in `training_step`"
+            )
+        elif callable(criterion) and _accepts_reduction(criterion):
+            self.kind = "function"
+        else:
+            raise TypeError(
+                f"the loss `{name}` ({describe(criterion)}) takes no `reduction` argument, so the loss tap cannot "
+                "get per-sample losses from it. Use a torch.nn loss module or a function such as "
+                "torch.nn.functional.cross_entropy, or mix lightning_xai.callbacks.SampleWeightedLossMixin into "
+                "your LightningModule and call `self.sample_weighted_loss(logits, target)`"
+            )
+
+    def __call__(self, input: Tensor, target: Any, *args: Any, **kwargs: Any) -> LossParts:
+        if self.kind == "module":
+            return self._module_parts(input, target, *args, **kwargs)
+        return self._function_parts(input, target, *args, **kwargs)
+
+    def _module_parts(self, input: Tensor, target: Any, *args: Any, **kwargs: Any) -> LossParts:
+        criterion = self.criterion
+        reduction = criterion.reduction
+        criterion.reduction = "none"
+        try:
+            # `forward`, not `__call__`: the tap's own hook on this module must not run again.
+            per_element = criterion.forward(input, target, *args, **kwargs)
+        finally:
+            criterion.reduction = reduction
+        if reduction == "sum":
+            denominator = torch.tensor(1.0, device=per_element.device)
+        elif reduction == "batchmean":
+            denominator = torch.tensor(float(input.shape[0]), device=per_element.device)
+        elif isinstance(criterion, _CLASS_INDEX_LOSSES):
+            denominator = _class_index_denominator(
+                per_element, target, getattr(criterion, "weight", None), criterion.ignore_index
+            )
+        else:
+            denominator = torch.tensor(float(per_element.numel()), device=per_element.device)
+        return LossParts(_per_sample(per_element, input.shape[0], f"the loss `{self.name}`"), denominator)
+
+    def _function_parts(self, input: Tensor, target: Any, *args: Any, **kwargs: Any) -> LossParts:
+        reduction = kwargs.pop("reduction", "mean")
+        if reduction not in ("mean", "sum"):
+            raise TypeError(f"the loss tap supports reduction 'mean' or 'sum', got {reduction!r}")
+        per_element = self.criterion(input, target, *args, reduction="none", **kwargs)
+        if reduction == "sum":
+            denominator = torch.tensor(1.0, device=per_element.device)
+        elif self.criterion in _CLASS_INDEX_FUNCTIONS:
+            denominator = _class_index_denominator(
+                per_element, target, kwargs.get("weight"), kwargs.get("ignore_index", -100)
+            )
+        else:
+            denominator = torch.tensor(float(per_element.numel()), device=per_element.device)
+        return LossParts(_per_sample(per_element, input.shape[0], f"the loss `{self.name}`"), denominator)
+
+
+def _accepts_reduction(fn: Callable[..., Any]) -> bool:
+    try:
+        return "reduction" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _MeanPerSample:
+    """Per-sample losses of a :class:`SampleWeightedLossMixin` module, reduced by the mean over the batch."""
+
+    def __init__(self, fn: Callable[[Tensor, Any], Tensor]) -> None:
+        self.fn = fn
+
+    def __call__(self, input: Tensor, target: Any, *args: Any, **kwargs: Any) -> LossParts:
+        per_sample = _per_sample(self.fn(input, target), input.shape[0], "`per_sample_loss`")
+        return LossParts(per_sample, torch.tensor(float(per_sample.shape[0]), device=per_sample.device))
+
+
+class _TappedFunction:
+    """Stands in for a function-valued loss attribute while tapped."""
+
+    def __init__(self, tap: LossTap, original: Callable[..., Tensor]) -> None:
+        self.tap = tap
+        self.original = original
+
+    def __call__(self, input: Tensor, target: Any, *args: Any, **kwargs: Any) -> Tensor:
+        if not self.tap.wants_call():
+            return self.original(input, target, *args, **kwargs)
+        return self.tap.compute(input, target, *args, **kwargs)
+
+
+class LossTap:
+    """One module's loss, shared by every callback that needs to change it.
+
+    Get it with :meth:`acquire` (in a callback's ``setup``) and give it back with :meth:`release` (in
+    ``teardown``); the original attribute is restored when the last owner releases it. Owners open and close
+    training batches (:meth:`open_batch` / :meth:`close_batch`), publish per-sample weights for the open batch
+    (:meth:`set_sample_weights`) and register auxiliary terms (:meth:`add_term`).
+
+    Example:
+        >>> import torch, lightning as L
+        >>> class Plain(L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.criterion = torch.nn.CrossEntropyLoss()
+        >>> module, owner = Plain(), object()
+        >>> tap = LossTap.acquire(module, owner)
+        >>> tap.open_batch(owner)
+        >>> tap.set_sample_weights(owner, torch.tensor([2.0, 0.0]))
+        >>> logits, y = torch.randn(2, 3), torch.tensor([0, 1])
+        >>> per_sample = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        >>> bool(torch.isclose(module.criterion(logits, y), per_sample[0]))  # (2 ℓ_0 + 0 ℓ_1) / 2
+        True
+        >>> tap.close_batch(owner)
+        >>> tap.release(owner)
+    """
+
+    def __init__(
+        self, module: nn.Module, attribute: str | None, per_sample: Callable[..., LossParts]
+    ) -> None:
+        self.module = module
+        self.attribute = attribute
+        self.per_sample_loss = per_sample
+        self.owners: list[Hashable] = []
+        self._open: set[int] = set()
+        self._weights: dict[int, Tensor] = {}
+        self._terms: dict[int, AuxTerm] = {}
+        self._hook: RemovableHandle | None = None
+        self._original: Any = None
+        self._had_instance_attr = False
+
+    # -- life cycle -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def acquire(cls, module: nn.Module, owner: Hashable, loss_attr: str | None = None) -> LossTap:
+        """The tap of ``module`` (created and wired on first use), with ``owner`` registered.
+
+        ``loss_attr`` names the loss attribute; otherwise a :class:`SampleWeightedLossMixin` module taps itself,
+        and ``criterion``, ``loss_fn``, ``loss_func`` are searched in that order.
+        """
+        tap = find_loss_tap(module)
+        if tap is None:
+            tap = cls._create(module, loss_attr)
+            object.__setattr__(module, _TAP_ATTR, tap)
+        elif loss_attr is not None and tap.attribute != loss_attr:
+            raise ValueError(
+                f"the loss of {type(module).__name__} is already tapped at `{tap.attribute}` by another callback; "
+                f"callbacks sharing a module must use the same `loss_attr` (got {loss_attr!r})"
+            )
+        if all(o is not owner for o in tap.owners):
+            tap.owners.append(owner)
+        return tap
+
+    @classmethod
+    def _create(cls, module: nn.Module, loss_attr: str | None) -> LossTap:
+        if loss_attr is None and isinstance(module, SampleWeightedLossMixin):
+            return cls(module, None, _MeanPerSample(module.per_sample_loss))
+        names = (loss_attr,) if loss_attr is not None else LOSS_ATTRS
+        found = next((n for n in names if getattr(module, n, None) is not None), None)
+        if found is None:
+            looked = f"`{loss_attr}`" if loss_attr is not None else ", ".join(f"`{n}`" for n in LOSS_ATTRS)
+            raise AttributeError(
+                f"cannot reach the training loss of {type(module).__name__}: it has no attribute {looked}. Keep the "
+                "loss function on the module (e.g. `self.criterion = nn.CrossEntropyLoss()` in `__init__`, and "
+                "`loss = self.criterion(logits, y)` in `training_step`), name its attribute with `loss_attr=`, or "
+                "mix lightning_xai.callbacks.SampleWeightedLossMixin into the module and call "
+                "`self.sample_weighted_loss(logits, target)`"
+            )
+        criterion = getattr(module, found)
+        tap = cls(module, found, PerSampleLoss(criterion, found))
+        tap._original = criterion
+        if isinstance(criterion, nn.Module):
+            tap._hook = criterion.register_forward_hook(tap._criterion_hook, with_kwargs=True)
+        else:
+            tap._had_instance_attr = found in vars(module)
+            object.__setattr__(module, found, _TappedFunction(tap, criterion))
+        return tap
+
+    def release(self, owner: Hashable) -> None:
+        """Unregister ``owner``; the last owner's release restores the module's loss attribute."""
+        key = id(owner)
+        self.owners = [o for o in self.owners if o is not owner]
+        self._open.discard(key)
+        self._weights.pop(key, None)
+        self._terms.pop(key, None)
+        if self.owners:
+            return
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        elif self.attribute is not None:
+            if self._had_instance_attr:
+                object.__setattr__(self.module, self.attribute, self._original)
+            else:
+                object.__delattr__(self.module, self.attribute)
+        if find_loss_tap(self.module) is self:
+            object.__delattr__(self.module, _TAP_ATTR)
+
+    # -- per-batch state --------------------------------------------------------------------------------------
+
+    def open_batch(self, owner: Hashable) -> None:
+        """Mark a training batch as open for ``owner``: the tap acts until :meth:`close_batch`."""
+        self._check_owner(owner)
+        self._open.add(id(owner))
+        self._weights.pop(id(owner), None)
+
+    def close_batch(self, owner: Hashable) -> None:
+        """Close ``owner``'s training batch and drop the weights it published for it."""
+        self._open.discard(id(owner))
+        self._weights.pop(id(owner), None)
+
+    @property
+    def active(self) -> bool:
+        return bool(self._open)
+
+    def set_sample_weights(self, owner: Hashable, weights: Tensor | None) -> None:
+        """Publish (B,) non-negative weights for the open training batch (None withdraws them)."""
+        self._check_owner(owner)
+        if weights is None:
+            self._weights.pop(id(owner), None)
+            return
+        if not isinstance(weights, Tensor) or weights.ndim != 1 or not weights.is_floating_point():
+            raise ValueError(
+                f"sample weights must be a 1-D floating-point tensor (B,), got {describe(weights)}"
+            )
+        if id(owner) not in self._open:
+            raise RuntimeError(
+                "sample weights can only be published for an open training batch (`open_batch`)"
+            )
+        self._weights[id(owner)] = weights.detach()
+
+    def add_term(self, owner: Hashable, term: AuxTerm) -> None:
+        """Register ``term(input, target, per_sample_loss)``, called at each tapped training loss."""
+        self._check_owner(owner)
+        if not callable(term):
+            raise TypeError(f"`term` must be callable, got {describe(term)}")
+        self._terms[id(owner)] = term
+
+    def remove_term(self, owner: Hashable) -> None:
+        self._terms.pop(id(owner), None)
+
+    def _check_owner(self, owner: Hashable) -> None:
+        if all(o is not owner for o in self.owners):
+            raise RuntimeError("acquire the tap first (`LossTap.acquire(module, owner)`)")
+
+    def wants_call(self) -> bool:
+        return self.active and (bool(self._terms) or any(k in self._open for k in self._weights))
+
+    # -- the tapped loss --------------------------------------------------------------------------------------
+
+    def _criterion_hook(self, _module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> Tensor | None:
+        if not self.wants_call():
+            return None
+        args = list(args)
+        input = args.pop(0) if args else kwargs.pop("input")
+        target = args.pop(0) if args else kwargs.pop("target")
+        return self.compute(input, target, *args, **kwargs)
+
+    def compute(
+        self, input: Tensor, target: Any, *args: Any, per_sample: LossParts | None = None, **kwargs: Any
+    ) -> Tensor:
+        """The tapped loss of one call: weights, per-sample and scalar terms, reduced as the criterion does."""
+        parts = per_sample if per_sample is not None else self.per_sample_loss(input, target, *args, **kwargs)
+        values = parts.per_sample
+        scalars: list[Tensor] = []
+        for term in list(self._terms.values()):
+            extra = term(input, target, self.per_sample_loss)
+            if extra.ndim == 0:
+                scalars.append(extra)
+            elif extra.shape == values.shape:
+                values = values + extra
+            else:
+                raise ValueError(
+                    f"an auxiliary loss term returned {describe(extra)}; expected a scalar or one value per sample "
+                    f"{tuple(values.shape)}"
+                )
+        weights = [w for k, w in self._weights.items() if k in self._open]
+        for w in weights:
+            if w.shape != values.shape:
+                raise ValueError(
+                    f"published sample weights have shape {tuple(w.shape)} but the batch has {values.shape[0]} "
+                    "samples; publish one weight per sample of the current training batch"
+                )
+            values = values * w.to(device=values.device, dtype=values.dtype)
+        loss = values.sum() / parts.denominator.to(values.dtype)
+        for scalar in scalars:
+            loss = loss + scalar
+        return loss
+
+
+def find_loss_tap(module: nn.Module) -> LossTap | None:
+    """The :class:`LossTap` of ``module``, or None when no callback has tapped its loss."""
+    tap = vars(module).get(_TAP_ATTR) if hasattr(module, "__dict__") else None
+    return tap if isinstance(tap, LossTap) else None
+
+
+class SampleWeightedLossMixin:
+    """For modules whose loss the tap cannot reach through an attribute: call the tap yourself.
+
+    Override :meth:`per_sample_loss` (cross-entropy by default) and compute the training loss with
+    :meth:`sample_weighted_loss`. Without a tapping callback it is the plain mean of the per-sample losses.
+
+    Example:
+        >>> import torch, lightning as L
+        >>> class Module(SampleWeightedLossMixin, L.LightningModule):
+        ...     def training_step(self, batch, batch_idx):
+        ...         x, y = batch
+        ...         return self.sample_weighted_loss(x, y)  # here x are already logits
+        >>> module = Module()
+        >>> logits, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+        >>> bool(torch.isclose(module.training_step((logits, y), 0), torch.nn.functional.cross_entropy(logits, y)))
+        True
+    """
+
+    def per_sample_loss(self, logits: Tensor, target: Any) -> Tensor:
+        """(B,) losses; cross-entropy by default."""
+        return F.cross_entropy(logits, target, reduction="none")
+
+    def sample_weighted_loss(self, logits: Tensor, target: Any, per_sample: Tensor | None = None) -> Tensor:
+        """The training loss: the mean of ``per_sample`` (default :meth:`per_sample_loss`), weighted and with the
+        auxiliary terms of the callbacks that tap this module during their training batches."""
+        values = self.per_sample_loss(logits, target) if per_sample is None else per_sample
+        values = _per_sample(values, logits.shape[0], "`per_sample_loss`")
+        parts = LossParts(values, torch.tensor(float(values.shape[0]), device=values.device))
+        tap = find_loss_tap(self)  # type: ignore[arg-type]
+        if tap is None or not tap.wants_call():
+            return parts.reduce()
+        return tap.compute(logits, target, per_sample=parts)

@@ -1,0 +1,25 @@
+"""Modules injected into backbones: MHEX attention gates and deep-supervision heads."""
+
+from .mhex import (
+    MHEX_ATTR,
+    AttentionGate,
+    MHEXBranch,
+    MHEXHandle,
+    MHEXHead,
+    MHEXHeads,
+    find_mhex,
+    infer_num_classes,
+    inject_mhex,
+)
+
+__all__ = [
+    "MHEX_ATTR",
+    "AttentionGate",
+    "MHEXBranch",
+    "MHEXHandle",
+    "MHEXHead",
+    "MHEXHeads",
+    "find_mhex",
+    "infer_num_classes",
+    "inject_mhex",
+]
