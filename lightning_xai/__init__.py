@@ -4,7 +4,7 @@ Training-time explanation methods as callbacks and modules, post-hoc methods as 
 and explanation metrics as torchmetrics Metrics. Every public name is importable from here.
 """
 
-from .attr import MHEXAttribution
+from .attr import IGOS, IGOSPlusPlus, MHEXAttribution
 from .callbacks import LossTap, MultiHeadExplainer, SampleWeightedLossMixin
 from .data import IndexedDataset, ShapesDataModule, ShapesDataset, TokensDataModule, TokensDataset
 from .explain import background_pgd, compose, gaussian_blur, grad_cam, make_baseline, preserved_state
@@ -15,6 +15,8 @@ from .modules import ImageClassifier, MHEXClassifier
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "IGOS",
+    "IGOSPlusPlus",
     "ImageClassifier",
     "IndexedDataset",
     "LogitsForward",
