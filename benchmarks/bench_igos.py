@@ -402,7 +402,8 @@ def tables(args, info, cost, speedup, quality) -> str:
         lines += [
             f"Batching, {r['method']} ({r['line_search']}), {args.cost_size} px, CPU, {r['images']} images:",
             "",
-            "| batch-8 call, s / image | loop of batch-1 calls, s / image | speed-up | max abs difference |",
+            f"| batch-{r['images']} call, s / image | loop of batch-1 calls, s / image | speed-up "
+            "| max abs difference |",
             "|---|---|---|---|",
             f"| {r['batch_seconds_per_image']:.1f} | {r['loop_seconds_per_image']:.1f} | "
             f"{r['speedup']:.2f}× | {r['max_abs_difference']:.1e} |",

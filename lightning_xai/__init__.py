@@ -4,31 +4,70 @@ Training-time explanation methods as callbacks and modules, post-hoc methods as 
 and explanation metrics as torchmetrics Metrics. Every public name is importable from here.
 """
 
-from .attr import IGOS, IGOSPlusPlus, MHEXAttribution
-from .callbacks import LossTap, MultiHeadExplainer, SampleWeightedLossMixin
-from .data import IndexedDataset, ShapesDataModule, ShapesDataset, TokensDataModule, TokensDataset
+from .attr import (
+    ADVISE,
+    IGOS,
+    SAG,
+    IGOSPlusPlus,
+    MHEXAttribution,
+    SelectorAttribution,
+    StructuredAttentionGraph,
+    XNNConceptAttribution,
+)
+from .callbacks import (
+    ExplanationConsistencyReweighting,
+    ExplanationMetrics,
+    ExplanationWriter,
+    LossTap,
+    MultiHeadExplainer,
+    SaliencyMapLogger,
+    SampleWeightedLossMixin,
+)
+from .data import (
+    ImageFolderDataset,
+    IndexedDataset,
+    ShapesDataModule,
+    ShapesDataset,
+    TokensDataModule,
+    TokensDataset,
+)
 from .explain import background_pgd, compose, gaussian_blur, grad_cam, make_baseline, preserved_state
 from .heads import inject_mhex
 from .models import LogitsForward, list_stages, logits_of, resolve_layer, small_resnet, tokens_to_grid
-from .modules import ImageClassifier, MHEXClassifier
+from .modules import XNN, ComprehensiveAttribution, Explainer, ImageClassifier, MHEXClassifier
+from .viz import HTMLReport
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ADVISE",
     "IGOS",
+    "SAG",
+    "XNN",
+    "ComprehensiveAttribution",
+    "Explainer",
+    "ExplanationConsistencyReweighting",
+    "ExplanationMetrics",
+    "ExplanationWriter",
+    "HTMLReport",
     "IGOSPlusPlus",
     "ImageClassifier",
+    "ImageFolderDataset",
     "IndexedDataset",
     "LogitsForward",
     "LossTap",
     "MHEXAttribution",
     "MHEXClassifier",
     "MultiHeadExplainer",
+    "SaliencyMapLogger",
     "SampleWeightedLossMixin",
+    "SelectorAttribution",
     "ShapesDataModule",
     "ShapesDataset",
+    "StructuredAttentionGraph",
     "TokensDataModule",
     "TokensDataset",
+    "XNNConceptAttribution",
     "__version__",
     "background_pgd",
     "compose",

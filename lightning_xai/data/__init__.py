@@ -7,12 +7,15 @@ Nothing is downloaded: every item is generated on access from ``(seed, split, in
   and an option for two instances per image.
 - :class:`TokensDataset` / :class:`TokensDataModule`: token sequences whose label is decided by
   rationale tokens, with a rationale mask and an optional spurious cue token.
+- :class:`ImageFolderDataset`: the image files of a folder (for ``lightning-xai explain``).
 - :class:`IndexedDataset`: adds the dataset index to the items of any map-style dataset.
 - :func:`split_batch`: reads a user's batch (tuple or dict) into inputs, target, mask and index.
 """
 
 from lightning_xai.data.batch import Batch, split_batch
+from lightning_xai.data.folder import ImageFolderDataset
 from lightning_xai.data.indexed import IndexedDataset
+from lightning_xai.data.parts import TwoPartDataset, part_split_rate
 from lightning_xai.data.shapes import (
     CUE_TINTS,
     SHAPE_CLASSES,
@@ -26,11 +29,14 @@ __all__ = [
     "CUE_TINTS",
     "SHAPE_CLASSES",
     "Batch",
+    "ImageFolderDataset",
     "IndexedDataset",
     "ShapesDataModule",
     "ShapesDataset",
     "TokensDataModule",
     "TokensDataset",
+    "TwoPartDataset",
     "agreement_rate",
+    "part_split_rate",
     "split_batch",
 ]

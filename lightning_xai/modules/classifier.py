@@ -39,11 +39,11 @@ class ImageClassifier(L.LightningModule):
         batch_adapter: Callable[[Any], Batch] | None = None,
     ) -> None:
         super().__init__()
-        model = build_model(model, num_classes, pretrained)
         if lr <= 0:
             raise ValueError(f"`lr` must be positive, got {lr!r}")
-        self.save_hyperparameters(ignore=["model", "batch_adapter"])
-        self.model = model
+        # a model given by name is saved with the hyper-parameters, so load_from_checkpoint rebuilds it
+        self.save_hyperparameters(ignore=["batch_adapter"] + ([] if isinstance(model, str) else ["model"]))
+        self.model = build_model(model, num_classes, pretrained)
         self.criterion = nn.CrossEntropyLoss()
         self.batch_adapter = batch_adapter
 

@@ -51,24 +51,14 @@ def overlay(image: Tensor, heatmap: Tensor, alpha: float = 0.5, cmap: str = "jet
     return (1 - alpha) * rgb + alpha * colours
 
 
-def save_overlay_grid(
-    path: str | Path,
+def _grid_figure(
     images: Tensor,
     heatmaps: Tensor,
-    masks: Tensor | None = None,
-    titles: Sequence[str] | None = None,
-    columns: int = 4,
-    alpha: float = 0.5,
-) -> Path:
-    """Write a PNG grid: for each sample its image and the heatmap overlay (with the object mask's outline).
-
-    Example:
-        >>> import torch, tempfile, os
-        >>> path = save_overlay_grid(os.path.join(tempfile.mkdtemp(), "g.png"), torch.rand(2, 3, 16, 16),
-        ...                          torch.rand(2, 1, 4, 4))
-        >>> path.exists()
-        True
-    """
+    masks: Tensor | None,
+    titles: Sequence[str] | None,
+    columns: int,
+    alpha: float,
+) -> plt.Figure:
     check_tensor("images", images, ndim=4)
     check_tensor("heatmaps", heatmaps, ndim=(3, 4))
     n = images.shape[0]
@@ -93,6 +83,52 @@ def save_overlay_grid(
         if titles is not None:
             axes[r, 2 * c].set_title(titles[i], fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def overlay_grid(
+    images: Tensor,
+    heatmaps: Tensor,
+    masks: Tensor | None = None,
+    titles: Sequence[str] | None = None,
+    columns: int = 4,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """The grid of :func:`save_overlay_grid` as an (H, W, 3) uint8 array (for loggers that take images).
+
+    Example:
+        >>> import torch
+        >>> grid = overlay_grid(torch.rand(2, 3, 16, 16), torch.rand(2, 4, 4))
+        >>> grid.dtype, grid.shape[2]
+        (dtype('uint8'), 3)
+    """
+    fig = _grid_figure(images, heatmaps, masks, titles, columns, alpha)
+    fig.set_dpi(100)
+    fig.canvas.draw()
+    array = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return array
+
+
+def save_overlay_grid(
+    path: str | Path,
+    images: Tensor,
+    heatmaps: Tensor,
+    masks: Tensor | None = None,
+    titles: Sequence[str] | None = None,
+    columns: int = 4,
+    alpha: float = 0.5,
+) -> Path:
+    """Write a PNG grid: for each sample its image and the heatmap overlay (with the object mask's outline).
+
+    Example:
+        >>> import torch, tempfile, os
+        >>> path = save_overlay_grid(os.path.join(tempfile.mkdtemp(), "g.png"), torch.rand(2, 3, 16, 16),
+        ...                          torch.rand(2, 1, 4, 4))
+        >>> path.exists()
+        True
+    """
+    fig = _grid_figure(images, heatmaps, masks, titles, columns, alpha)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

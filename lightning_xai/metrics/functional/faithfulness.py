@@ -370,7 +370,9 @@ def _curve_functional(
     force_eval: bool,
     internal_batch_size: int,
     return_curves: bool,
+    reduction: str = "mean",
 ) -> Tensor | dict[str, Tensor]:
+    check_in_choices("reduction", reduction, ("mean", "none"))
     settings = curve_settings(
         mode, preset, resolution, cells_per_step, baseline, blur_kernel, blur_sigma, integration
     )
@@ -386,7 +388,10 @@ def _curve_functional(
         internal_batch_size=internal_batch_size,
         with_start=return_curves,
     )
-    value = _perturbation_curve_compute(auc.sum(), torch.tensor(auc.numel(), device=auc.device))
+    if reduction == "none":
+        value = auc
+    else:
+        value = _perturbation_curve_compute(auc.sum(), torch.tensor(auc.numel(), device=auc.device))
     if return_curves:
         return {"auc": value, "curves": curves}
     return value
@@ -410,11 +415,13 @@ def deletion_auc(
     force_eval: bool = True,
     internal_batch_size: int = 128,
     return_curves: bool = False,
+    reduction: Literal["mean", "none"] = "mean",
 ) -> Tensor | dict[str, Tensor]:
     """Deletion AUC of a batch: the area under the target score as the most salient cells are replaced by the
     baseline (lower is better). See :class:`~lightning_xai.metrics.DeletionAUC` for every argument.
 
-    Returns the mean AUC over the batch, or with ``return_curves=True`` a dict ``{"auc": mean AUC,
+    Returns the mean AUC over the batch (``reduction="none"``: one AUC per sample), or with
+    ``return_curves=True`` a dict ``{"auc": the AUC,
     "curves": (B, J + 1) scores}`` whose column j is the score after removing ``n_j = min(j k, n)`` cells
     (column 0: the clean input).
 
@@ -445,6 +452,7 @@ def deletion_auc(
         force_eval=force_eval,
         internal_batch_size=internal_batch_size,
         return_curves=return_curves,
+        reduction=reduction,
     )
 
 
@@ -466,11 +474,13 @@ def insertion_auc(
     force_eval: bool = True,
     internal_batch_size: int = 128,
     return_curves: bool = False,
+    reduction: Literal["mean", "none"] = "mean",
 ) -> Tensor | dict[str, Tensor]:
     """Insertion AUC of a batch: the area under the target score as the most salient cells are restored on the
     baseline (higher is better). See :class:`~lightning_xai.metrics.InsertionAUC` for every argument.
 
-    Returns the mean AUC over the batch, or with ``return_curves=True`` a dict ``{"auc": mean AUC,
+    Returns the mean AUC over the batch (``reduction="none"``: one AUC per sample), or with
+    ``return_curves=True`` a dict ``{"auc": the AUC,
     "curves": (B, J + 1) scores}`` whose column j is the score after restoring ``n_j = min(j k, n)`` cells
     (column 0: the baseline).
 
@@ -501,6 +511,7 @@ def insertion_auc(
         force_eval=force_eval,
         internal_batch_size=internal_batch_size,
         return_curves=return_curves,
+        reduction=reduction,
     )
 
 

@@ -1,0 +1,152 @@
+"""``lightning-xai explain``: explain a data set with a trained model, through Lightning's predict loop."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from jsonargparse import ArgumentParser
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .attr.registry import METHOD_NAMES
+from .callbacks.writer import ExplanationWriter
+from .data import ShapesDataset
+from .data.folder import ImageFolderDataset
+from .models import build_model
+from .modules.explainer import SAMPLE_METRICS, Explainer
+
+
+def build_explain_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="lightning-xai explain",
+        description=(
+            "Explain every image of a folder (or of the synthetic shapes data) with a trained checkpoint or a "
+            "timm model, and write heatmaps/, maps/, records/ and metrics.json to --out. It runs in Lightning's "
+            "predict loop: --trainer.devices N --trainer.num_nodes M spreads the work, each sample is written "
+            "exactly once, and running the same command again resumes an interrupted run."
+        ),
+        default_env=False,
+    )
+    source = parser.add_argument_group("model")
+    source.add_argument(
+        "--checkpoint", type=str | None, default=None, help="a Lightning checkpoint to explain"
+    )
+    source.add_argument(
+        "--module_class",
+        type=str,
+        default="lightning_xai.modules.ImageClassifier",
+        help="the LightningModule class of --checkpoint (dotted path)",
+    )
+    source.add_argument(
+        "--model",
+        type=str | None,
+        default=None,
+        help="without --checkpoint: 'small_resnet' or a timm model name (random weights)",
+    )
+    source.add_argument("--num_classes", type=int, default=4, help="classes of --model")
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", type=str | None, default=None, help="a folder of images (default: shapes)")
+    data.add_argument("--image_size", type=int, default=48, help="images are resized to this side")
+    data.add_argument("--mean", type=list[float] | None, default=None, help="per-channel mean to normalise")
+    data.add_argument("--std", type=list[float] | None, default=None, help="per-channel std to normalise")
+    data.add_argument("--num_samples", type=int, default=64, help="synthetic images when no --images")
+    data.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic images and of --model's weights"
+    )
+    data.add_argument("--batch_size", type=int, default=16)
+    method = parser.add_argument_group("method")
+    method.add_argument(
+        "--method", type=str, default="gradcam", help=f"{sorted(METHOD_NAMES)} or a dotted class path"
+    )
+    method.add_argument("--method_args", type=dict[str, Any], default={}, help="constructor arguments")
+    method.add_argument("--attribute_args", type=dict[str, Any], default={}, help="`attribute` arguments")
+    method.add_argument("--layer", type=str, default="auto", help="layer of layer methods")
+    method.add_argument("--target", type=str, default="prediction", help="'prediction' or 'label'")
+    method.add_argument(
+        "--metrics", type=list[str], default=["deletion", "insertion"], help=f"of {sorted(SAMPLE_METRICS)}"
+    )
+    parser.add_argument("--out", type=str, default="explain-out", help="output folder")
+    parser.add_class_arguments(L.Trainer, "trainer", skip={"callbacks", "logger", "inference_mode"})
+    parser.set_defaults({"trainer.enable_model_summary": False, "trainer.accelerator": "auto"})
+    return parser
+
+
+def _module_class(path: str) -> type[L.LightningModule]:
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"cannot import --module_class {path!r}: {error}") from error
+    if not (isinstance(cls, type) and issubclass(cls, L.LightningModule)):
+        raise ValueError(f"--module_class {path!r} is not a LightningModule")
+    return cls
+
+
+def load_model(checkpoint: str | None, module_class: str, model: str | None, num_classes: int) -> nn.Module:
+    """The classifier to explain: a checkpoint's module (its ``.model`` when it wraps one) or a built model."""
+    if (checkpoint is None) == (model is None):
+        raise ValueError("give exactly one of --checkpoint and --model")
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
+        module = _module_class(module_class).load_from_checkpoint(checkpoint, map_location="cpu")
+        return module.eval()
+    return build_model(model, num_classes).eval()
+
+
+def build_dataset(images: str | None, image_size: int, mean, std, num_samples: int, seed: int) -> Dataset:
+    if images is not None:
+        return ImageFolderDataset(images, image_size=image_size, mean=mean, std=std)
+    return ShapesDataset(num_samples=num_samples, image_size=image_size, seed=seed, split="test")
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    batch = torch.utils.data.default_collate([{k: v for k, v in i.items() if k != "name"} for i in items])
+    if "name" in items[0]:
+        batch["name"] = [i["name"] for i in items]
+    return batch
+
+
+def run_explain(argv: Sequence[str]) -> int:
+    parser = build_explain_parser()
+    args = parser.parse_args(list(argv))
+    torch.manual_seed(
+        args.seed
+    )  # a --model built with random weights is the same network on every rank and run
+    try:
+        model = load_model(args.checkpoint, args.module_class, args.model, args.num_classes)
+        dataset = build_dataset(
+            args.images, args.image_size, args.mean, args.std, args.num_samples, args.seed
+        )
+        explainer = Explainer(
+            model,
+            method=args.method,
+            method_args=args.method_args,
+            attribute_args=args.attribute_args,
+            layer=args.layer,
+            target=args.target,
+            metrics=args.metrics,
+        )
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        parser.error(str(error))
+    writer = ExplanationWriter(args.out, method=args.method)
+    pending = writer.pending(len(dataset))
+    trainer_args = {k: v for k, v in vars(args.trainer).items()}
+    trainer = L.Trainer(**trainer_args, callbacks=[writer], logger=False, inference_mode=False)
+    if pending:
+        loader = DataLoader(Subset(dataset, pending), batch_size=args.batch_size, collate_fn=_collate)
+        trainer.predict(explainer, loader, return_predictions=False)
+    if trainer.is_global_zero:
+        summary = writer.summarise()
+        done = len(dataset) - len(pending)
+        print(
+            json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2)
+            + f"\n{len(pending)} explained now, {done} already done; wrote {args.out}/metrics.json"
+        )
+    return 0
