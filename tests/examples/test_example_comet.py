@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_comprehensive_attribution_example_smoke(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "comprehensive_attribution.py"),
-            "--smoke",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_comprehensive_attribution_example_smoke(run_example, tmp_path):
+    result = run_example("comprehensive_attribution.py", tmp_path)
     png = tmp_path / "comet_masks.png"
     assert png.exists() and png.stat().st_size > 1000
     assert "PxAP" in result.stdout and "detector accuracy on the complement" in result.stdout

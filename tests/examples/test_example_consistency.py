@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def test_consistency_reweighting_example_smoke(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "consistency_reweighting.py"),
-            "--smoke",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_consistency_reweighting_example_smoke(run_example, tmp_path):
+    result = run_example("consistency_reweighting.py", tmp_path)
     assert "bias-conflicting accuracy" in result.stdout and "1 refresh(es)" in result.stdout
     rows = (tmp_path / "ece_weights.csv").read_text().splitlines()
     assert rows[0] == "index,label,inconsistency,weight" and len(rows) == 17

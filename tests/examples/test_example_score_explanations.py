@@ -1,13 +1,12 @@
+"""The score-explanations example runs end to end in its smoke mode."""
+
+from __future__ import annotations
+
 import json
-import subprocess
-import sys
-from pathlib import Path
-
-EXAMPLE = Path(__file__).parents[2] / "examples" / "score_explanations.py"
 
 
-def test_score_explanations_smoke(tmp_path):
-    subprocess.run([sys.executable, str(EXAMPLE), "--smoke", "--out", str(tmp_path)], check=True, timeout=300)
+def test_score_explanations_smoke(run_example, tmp_path):
+    run_example("score_explanations.py", tmp_path)
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert set(scores) == {"grad_cam", "random"}
     for values in scores.values():
