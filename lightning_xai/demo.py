@@ -164,7 +164,7 @@ def train_models(config: DemoConfig, data: ShapesDataModule) -> tuple[dict[str, 
         module = build()
         seconds = _fit(config, module, data, callbacks())
         models[name] = module.eval()
-        rows.append({"model": name, "training": how, "train seconds": round(seconds, 1)})
+        rows.append({"model": name, "training": how, "train seconds": round(seconds)})
     return models, rows
 
 

@@ -1,11 +1,14 @@
-"""Shared test fixtures: small thread counts for a 2-core machine, and a CPU DDP launcher."""
+"""Shared test fixtures: small thread counts for a 2-core machine, a CPU DDP launcher, and an example runner."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,3 +52,29 @@ def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> 
 def ddp() -> Callable[..., list[Any]]:
     """``ddp(fn, *args, world_size=2)`` runs ``fn(rank, world_size, *args)`` under a CPU gloo process group."""
     return run_distributed
+
+
+# ------------------------------------------------------------------------------------------------ examples
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script: str, out: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / script), "--smoke", "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture
+def run_example() -> Callable[..., subprocess.CompletedProcess]:
+    """``run_example("script.py", out_dir, *extra_args)``: run ``examples/script.py --smoke --out out_dir``,
+    fail with its stderr when it fails, and return the completed process (``.stdout`` to check)."""
+    return _run
