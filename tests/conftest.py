@@ -56,7 +56,7 @@ def ddp() -> Callable[..., list[Any]]:
 
 # ------------------------------------------------------------------------------------------------ examples
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, out: Path, *extra: str, timeout: int = 300) -> subprocess.CompletedProcess:
