@@ -76,13 +76,12 @@ class AttributionCallback(L.Callback):
 
     def maps(self, pl_module: L.LightningModule, inputs: Tensor, target: Tensor) -> Tensor:
         """(B, H, W) attribution maps of ``target`` for ``inputs`` (the module's state is restored)."""
-        with torch.inference_mode(False):
-            return explain_batch(
-                pl_module,
-                inputs.clone(),
-                target.clone(),
-                self.method,
-                layer=self.layer,
-                method_args=self.method_args,
-                attribute_args=self.attribute_args,
-            )
+        return explain_batch(
+            pl_module,
+            inputs,
+            target,
+            self.method,
+            layer=self.layer,
+            method_args=self.method_args,
+            attribute_args=self.attribute_args,
+        )

@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import torch
 from torchmetrics import Metric, MetricCollection
 
 from .._checks import describe
@@ -153,6 +152,8 @@ class ExplanationMetrics(AttributionCallback):
         forward = LogitsForward(pl_module)
         built = {name: build_metric(spec, forward) for name, spec in self._specs.items()}
         self.metrics = MetricCollection(built, compute_groups=False).to(pl_module.device)
+        # what each metric's update takes, read once instead of on every batch
+        self._wanted = {name: set(inspect.signature(m.update).parameters) for name, m in built.items()}
 
     # --------------------------------------------------------------------------------------------- the loops
 
@@ -168,25 +169,23 @@ class ExplanationMetrics(AttributionCallback):
         if self.max_batches is not None and self._batches >= self.max_batches:
             return
         self._batches += 1
-        parts = self.read_batch(batch)
-        with torch.inference_mode(False):
-            inputs = parts.inputs.clone()
-            target = self.targets(pl_module, inputs, None if parts.target is None else parts.target.clone())
-            maps = self.maps(pl_module, inputs, target)
-            masks = None if parts.mask is None else parts.mask.clone()
-            for name, metric in self.metrics.items(keep_base=True):
-                wanted = inspect.signature(metric.update).parameters
-                if "masks" in wanted and masks is None:
-                    raise ValueError(f"metric {name!r} needs ground-truth masks, but the batch has no `mask`")
-                given = {
-                    "inputs": inputs,
-                    "attributions": maps,
-                    "target": target,
-                    # per-class counting only where the metric was asked for it
-                    "class_ids": target if getattr(metric, "num_classes", None) else None,
-                    "masks": masks,
-                }
-                metric.update(**{k: v for k, v in given.items() if k in wanted})
+        parts = self.read_batch(batch)  # the grad-mode check at epoch start guarantees plain tensors here
+        inputs, masks = parts.inputs, parts.mask
+        target = self.targets(pl_module, inputs, parts.target)
+        maps = self.maps(pl_module, inputs, target)
+        for name, metric in self.metrics.items(keep_base=True):
+            wanted = self._wanted[name]
+            if "masks" in wanted and masks is None:
+                raise ValueError(f"metric {name!r} needs ground-truth masks, but the batch has no `mask`")
+            given = {
+                "inputs": inputs,
+                "attributions": maps,
+                "target": target,
+                # per-class counting only where the metric was asked for it
+                "class_ids": target if getattr(metric, "num_classes", None) else None,
+                "masks": masks,
+            }
+            metric.update(**{k: v for k, v in given.items() if k in wanted})
 
     def _end(self, pl_module: L.LightningModule, stage: str) -> None:
         if stage not in self.stages:
