@@ -40,13 +40,17 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.data import TwoPartDataset, part_split_rate
+from lightning_xai.data.parts import DEFAULT_NEGATIVES, NEGATIVE_KINDS
 from lightning_xai.modules import XNN, ImageClassifier
 
-# (name, pt_mode, α_rec, α_pt): the spec's default, no pull-away term, and the fork's "features" setting
+# (name, column title, pt_mode, α_rec, α_pt, centre_biases): the spec's default, no pull-away term, the fork's
+# "features" setting, and the first two with the encoder biases centred before pretraining
 VARIANTS = (
-    ("pt", "images", 10.0, 10.0),
-    ("no_pt", "images", 10.0, 0.0),
-    ("pt_features", "features", 15.0, 5.0),
+    ("pt", "default (images, α_pt 10)", "images", 10.0, 10.0, False),
+    ("no_pt", "α_pt = 0", "images", 10.0, 0.0, False),
+    ("pt_features", "features, α_rec 15, α_pt 5", "features", 15.0, 5.0, False),
+    ("centred", "default + `centre_biases`", "images", 10.0, 10.0, True),
+    ("centred_no_pt", "α_pt = 0 + `centre_biases`", "images", 10.0, 0.0, True),
 )
 
 TRAINER = {
@@ -64,7 +68,15 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: one seed, tiny sizes")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument(
+        "--pool", choices=("max", "avg"), default="max", help="the tiny CNN's global pooling before its head"
+    )
+    parser.add_argument(
+        "--negatives",
+        default=",".join(DEFAULT_NEGATIVES),
+        help=f"comma-separated kinds of negative image (of {', '.join(NEGATIVE_KINDS)})",
+    )
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--train-size", type=int, default=768)
     parser.add_argument("--test-size", type=int, default=256)
@@ -80,7 +92,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def tiny_cnn(width: int = 16) -> nn.Module:
+def tiny_cnn(width: int = 16, pool: str = "max") -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, width, 3, padding=1),
         nn.BatchNorm2d(width),
@@ -90,7 +102,7 @@ def tiny_cnn(width: int = 16) -> nn.Module:
         nn.ReLU(),
         nn.Conv2d(2 * width, 2 * width, 3, padding=1),
         nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(2 * width, 2),
     )
@@ -144,9 +156,10 @@ def r2(prediction: torch.Tensor, target: torch.Tensor) -> float:
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict:
     L.seed_everything(seed, verbose=False)
-    train = stack(TwoPartDataset(args.train_size, image_size=args.image_size, seed=seed))
-    test = stack(TwoPartDataset(args.test_size, image_size=args.image_size, split="test", seed=seed))
-    classifier = ImageClassifier(tiny_cnn(), num_classes=2, lr=1e-2)
+    data = {"image_size": args.image_size, "negatives": args.negatives.split(","), "seed": seed}
+    train = stack(TwoPartDataset(args.train_size, **data))
+    test = stack(TwoPartDataset(args.test_size, split="test", **data))
+    classifier = ImageClassifier(tiny_cnn(pool=args.pool), num_classes=2, lr=1e-2)
     L.Trainer(max_epochs=args.backbone_epochs, **TRAINER).fit(
         classifier, DataLoader(TensorDataset(train["image"], train["label"]), batch_size=32, shuffle=True)
     )
@@ -155,7 +168,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
         logits = classifier(test["image"])
     result = {"seed": seed, "backbone_accuracy": float((logits.argmax(1) == test["label"]).float().mean())}
     both = test["label"] == 1
-    for name, mode, alpha_rec, alpha_pt in VARIANTS:
+    for name, _title, mode, alpha_rec, alpha_pt, centre in VARIANTS:
         L.seed_everything(seed, verbose=False)
         module = XNN(
             classifier.model,
@@ -165,6 +178,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
             alpha_rec=alpha_rec,
             alpha_pt=alpha_pt,
             pretrain_epochs=args.pretrain_epochs,
+            centre_biases=centre,
             heatmap_layer="7",
         )
         timer = EpochTimer()
@@ -172,6 +186,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
         L.Trainer(max_epochs=args.xnn_epochs, callbacks=[timer], **TRAINER).fit(module, loader)
         module.eval()
         prediction = module(test["image"])
+        concepts = module.concepts(test["image"])
         maps = module.concept_heatmaps(test["image"][both])
         split, chance = part_split_rate(maps, test["part_masks"][both], tolerance=1)
         on_a, on_b = pointing(maps, test["part_masks"][both], tolerance=1)
@@ -182,7 +197,9 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
             "chance": float(chance.mean()),
             "points_at_a": on_a,
             "points_at_b": on_b,
-            "active_concepts": float((module.concepts(test["image"]) > 0).float().sum(1).mean()),
+            "above_chance": float(split.mean() > chance.mean() + 0.1),
+            "active_concepts": float((concepts > 0).float().sum(1).mean()),
+            "dead_concepts": float((concepts <= 0).all(0).float().sum()),
             "mean_contribution": [round(v, 3) for v in module.mean_contribution[0].tolist()],
             "xnn_epoch_s": xnn_epoch,
             "forward_epoch_s": forward_epoch,
@@ -211,13 +228,14 @@ def main() -> None:
         f"\nmachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}"
     )
     print(
-        f"settings: {args.image_size} px, {args.train_size} train / {args.test_size} held-out images, tiny CNN "
+        f"settings: {args.image_size} px, negatives {args.negatives}, {args.train_size} train / "
+        f"{args.test_size} held-out images, tiny CNN ({args.pool} pooling) "
         f"{args.backbone_epochs} epochs, XNN k=5 hidden 800/100, {args.pretrain_epochs} pretraining epochs per "
         f"stage, {args.xnn_epochs} epochs, batch {args.batch_size}, seeds {args.seeds}\n"
     )
     print(f"backbone held-out accuracy: {mean_std([r['backbone_accuracy'] for r in results])}\n")
-    print("| | images, α_rec 10, α_pt 10 (default) | α_pt = 0 | features, α_rec 15, α_pt 5 |")
-    print("|---|---|---|---|")
+    print(f"| | {' | '.join(title for _, title, *_ in VARIANTS)} |")
+    print(f"|---|{'---|' * len(VARIANTS)}")
     rows = [
         ("XNN epoch / backbone forward epoch", "epoch_ratio"),
         ("pretraining, in backbone forward epochs", "pretrain_in_forward_epochs"),
@@ -227,9 +245,14 @@ def main() -> None:
         ("active concepts pointing at part A", "points_at_a"),
         ("active concepts pointing at part B", "points_at_b"),
         ("active concepts per image (of 5)", "active_concepts"),
+        ("concepts inactive on every held-out image", "dead_concepts"),
+        ("seeds with split rate > chance + 0.1", "above_chance"),
     ]
     for label, key in rows:
-        cells = [mean_std([r[name][key] for r in results]) for name, *_ in VARIANTS]
+        if key == "above_chance":
+            cells = [f"{sum(r[name][key] for r in results):.0f} / {len(results)}" for name, *_ in VARIANTS]
+        else:
+            cells = [mean_std([r[name][key] for r in results]) for name, *_ in VARIANTS]
         print(f"| {label} | {' | '.join(cells)} |")
     if args.json:
         with open(args.json, "w") as handle:

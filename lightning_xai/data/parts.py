@@ -1,11 +1,14 @@
 """Synthetic images whose class is defined by two parts: both must be present for the positive class.
 
-Positives show part A and part B; negatives show one of the two parts, alone or beside a distractor shape, so
-neither part alone, nor the number of objects, nor the distractor decides the label. Each part's pixel mask is
-returned, so one can check where concept explanations look (:class:`~lightning_xai.modules.XNN`).
+Positives show part A and part B; negatives show one of the two parts, alone, twice or beside a distractor shape,
+so neither part alone, nor the number of objects, nor the distractor decides the label: a network must tell the
+two parts apart to classify. Each part's pixel mask is returned, so one can check where concept explanations
+look (:class:`~lightning_xai.modules.XNN`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +24,7 @@ from lightning_xai.data.shapes import (
     _normalize_index,
 )
 
-__all__ = ["PART_COLOURS", "TwoPartDataset"]
+__all__ = ["DEFAULT_NEGATIVES", "NEGATIVE_KINDS", "PART_COLOURS", "TwoPartDataset", "part_split_rate"]
 
 #: Object colours of part A, part B and the distractor when ``colour_coded`` (far from every background value).
 PART_COLOURS: tuple[tuple[float, float, float], ...] = (
@@ -30,10 +33,15 @@ PART_COLOURS: tuple[tuple[float, float, float], ...] = (
     (0.05, 0.95, 0.05),
 )
 
+#: The kinds of negative image: one part (A or B, each with probability 1/2) alone, twice, or beside the
+#: distractor; the distractor alone or twice (neither part).
+NEGATIVE_KINDS = ("part", "part+part", "part+distractor", "distractor", "distractor+distractor")
+DEFAULT_NEGATIVES = ("part", "part+part", "part+distractor")
+
 _PARTS_STREAM = 0x5041  # separates the random stream from the other synthetic datasets
 _MIN_RADIUS = 3.0
-# Radii as a fraction of the side, in a narrow range: one large part never covers more pixels than two small
-# ones, so a network that pools by the mean can tell "both parts" from "one part" by evidence, not by size.
+# Radii as a fraction of the side, in a narrow range: one large part never covers more pixels than two small ones,
+# so the size of an object says nothing about the label.
 _RADIUS = (0.14, 0.17)
 _BACKGROUND = 0.5
 
@@ -41,11 +49,14 @@ _BACKGROUND = 0.5
 class TwoPartDataset(ShapesDataset):
     """Images of two objects; label 1 iff both parts (shapes ``parts[0]`` and ``parts[1]``) are present.
 
-    A positive (probability ``positive_rate``) shows part A and part B; a negative shows part A or part B (each
-    with probability 1/2), alone or (probability 1/2) with the ``distractor`` shape. Positions, sizes and small rotations are random; the
-    two objects never touch. With ``colour_coded`` each shape has its own colour (:data:`PART_COLOURS`), which
-    makes the task learnable by a tiny CNN in seconds; otherwise colours are random as in
-    :class:`ShapesDataset`. The background is a grey texture with no cue.
+    A positive (probability ``positive_rate``) shows part A and part B; a negative is one of ``negatives`` (each
+    equally likely, see :data:`NEGATIVE_KINDS`): by default part A or part B (each with probability 1/2) alone,
+    twice, or beside the ``distractor`` shape. With the doubles, counting the objects of the parts' colours does
+    not decide the label: a network has to tell the two parts apart (a tiny CNN that averages its features over
+    the image before a linear head reached 0.65–0.82 held-out accuracy; the same CNN with global max pooling
+    reaches 1.0). Positions, sizes and small rotations are random; objects never touch. With ``colour_coded`` each shape has its own colour
+    (:data:`PART_COLOURS`), which makes the task learnable by a tiny CNN in seconds; otherwise colours are random
+    as in :class:`ShapesDataset`. The background is a grey texture with no cue.
 
     Items are dicts with ``image`` (float32 (3, H, W) in [0, 1]), ``label`` (int64: 1 = both parts),
     ``mask`` (bool (H, W): the pixels of the parts present, distractor excluded), ``part_masks`` (bool
@@ -69,6 +80,7 @@ class TwoPartDataset(ShapesDataset):
         distractor: str = "triangle",
         positive_rate: float = 0.5,
         colour_coded: bool = True,
+        negatives: Sequence[str] = DEFAULT_NEGATIVES,
         split: str = "train",
         seed: int = 0,
     ) -> None:
@@ -86,6 +98,7 @@ class TwoPartDataset(ShapesDataset):
         self.shapes = shapes
         self.positive_rate = _check_probability("positive_rate", positive_rate)
         self.colour_coded = colour_coded
+        self.negatives = _check_negatives(negatives)
         self.classes = ("not both", "both parts")
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
@@ -95,7 +108,9 @@ class TwoPartDataset(ShapesDataset):
         u = torch.rand(20, generator=g, dtype=torch.float64).tolist()
         label = int(u[0] < self.positive_rate)
         # objects: shape indices into self.shapes (0 = part A, 1 = part B, 2 = distractor)
-        kinds = [0, 1] if label else [int(u[1] < 0.5), 2][: 1 + int(u[19] < 0.5)]
+        negative = self.negatives[min(int(u[19] * len(self.negatives)), len(self.negatives) - 1)]
+        part = int(u[1] < 0.5)
+        kinds = [0, 1] if label else [part if name == "part" else 2 for name in negative.split("+")]
         lo, hi = (max(r * size, _MIN_RADIUS) for r in _RADIUS)
         radii = [lo + (hi - lo) * x for x in u[2 : 2 + len(kinds)]]
         angles = [0.26 * (2.0 * x - 1.0) for x in u[4 : 4 + len(kinds)]]
@@ -109,7 +124,7 @@ class TwoPartDataset(ShapesDataset):
         part_masks = torch.zeros(2, size, size, dtype=torch.bool)
         for kind, mask in zip(kinds, instance_masks, strict=True):
             if kind < 2:
-                part_masks[kind] = mask
+                part_masks[kind] |= mask
 
         cells = self._texture_cells
         coarse = torch.rand((1, 1, cells, cells), generator=g, dtype=torch.float32)
@@ -131,6 +146,13 @@ class TwoPartDataset(ShapesDataset):
             "part_masks": part_masks,
             "index": torch.tensor(i, dtype=torch.int64),
         }
+
+
+def _check_negatives(negatives: Sequence[str]) -> tuple[str, ...]:
+    names = (negatives,) if isinstance(negatives, str) else tuple(negatives)
+    if not names or any(name not in NEGATIVE_KINDS for name in names):
+        raise ValueError(f"`negatives` must be a non-empty list of {NEGATIVE_KINDS}, got {negatives!r}")
+    return names
 
 
 def part_split_rate(heatmaps: Tensor, part_masks: Tensor, tolerance: int = 1) -> tuple[Tensor, Tensor]:

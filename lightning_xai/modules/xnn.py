@@ -368,6 +368,10 @@ class XNN(L.LightningModule):
         decoder_output_activation: ``"auto"`` (ReLU when the features of the first training batch are all
             non-negative, else identity), ``"relu"`` or ``"identity"``.
         pretrain_epochs: epochs per greedy pretraining stage and for the head (0 skips pretraining).
+        centre_biases: before each pretraining stage, shift each encoder unit's bias so that its pre-activation
+            is centred on its median over the cached features: every unit, concepts included, starts active on
+            about half of the training data. ``False`` (the reference) keeps PyTorch's initialisation, with
+            which some of the k concepts often start, and stay, inactive on every image.
         lr, weight_decay, lr_step, lr_gamma: Adam and ``StepLR(lr_step, lr_gamma)`` per epoch.
         heatmap_layer: default Grad-CAM layer of :meth:`concept_heatmaps` (``"auto"``: the last spatial stage).
         batch_adapter: reads unusual batches (see :func:`~lightning_xai.data.split_batch`).
@@ -401,6 +405,7 @@ class XNN(L.LightningModule):
         pt_mode: PullAwayMode = "images",
         decoder_output_activation: DecoderActivation = "auto",
         pretrain_epochs: int = 10,
+        centre_biases: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         lr_step: int = 40,
@@ -423,6 +428,8 @@ class XNN(L.LightningModule):
         check_in_choices("decoder_output_activation", decoder_output_activation, ("auto", "relu", "identity"))
         _check_count("num_concepts", num_concepts, 1)
         _check_count("pretrain_epochs", pretrain_epochs, 0)
+        if not isinstance(centre_biases, bool):
+            raise TypeError(f"`centre_biases` must be a bool, got {describe(centre_biases)}")
         _check_count("lr_step", lr_step, 1)
         _check_number("q", q, allow_zero=False)
         for name, value in (("alpha_pred", alpha_pred), ("alpha_rec", alpha_rec), ("alpha_pt", alpha_pt)):
@@ -679,7 +686,7 @@ class XNN(L.LightningModule):
 
     def pretrain(self, x: Tensor, y: Tensor, epochs: int, batch_size: int) -> None:
         """Greedy layer-wise pretraining of shallow ReLU autoencoders (D↔h1, h1↔h2, …, ↔k; MSE, Adam at
-        ``lr``), then a linear regression of ``y`` on the concepts initialises the head. Runs on this process's
+        ``lr``; each stage's encoder biases centred first when ``centre_biases``), then a linear regression of ``y`` on the concepts initialises the head. Runs on this process's
         features only; :meth:`on_train_start` broadcasts rank 0's result."""
         net = self.network
         lr = self.hparams.lr
@@ -688,6 +695,8 @@ class XNN(L.LightningModule):
         for stage in range(depth):
             encoder, decoder = net.encoder[stage], net.decoder[depth - 1 - stage]
             output_relu = stage > 0 or int(net.decoder_output_relu) == _RELU
+            if self.hparams.centre_biases:
+                _centre_biases(encoder, codes)
             optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
             for chunk in _epochs(codes.shape[0], epochs, batch_size, codes.device):
                 inp = codes[chunk]
@@ -763,6 +772,13 @@ class XNN(L.LightningModule):
     def concept_order(self, head: int = 0) -> Tensor:
         """Concept indices sorted by ``mean_contribution[head]``, largest first."""
         return torch.argsort(self.mean_contribution[head], descending=True, stable=True)
+
+
+@torch.no_grad()
+def _centre_biases(layer: nn.Linear, inputs: Tensor) -> None:
+    """Data-dependent bias initialisation: each unit's pre-activation is centred on its median over ``inputs``,
+    so every ReLU unit starts active on about half of the data (none starts dead)."""
+    layer.bias.sub_((inputs @ layer.weight.T + layer.bias).median(dim=0).values)
 
 
 def _epochs(total: int, epochs: int, batch_size: int, device: torch.device) -> Iterator[Tensor]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lightning_xai.data import TwoPartDataset, part_split_rate
-from lightning_xai.data.parts import PART_COLOURS
+from lightning_xai.data.parts import DEFAULT_NEGATIVES, NEGATIVE_KINDS, PART_COLOURS
 
 
 def test_label_is_both_parts_and_masks_are_exact():
@@ -29,6 +29,40 @@ def test_label_is_both_parts_and_masks_are_exact():
     assert not torch.equal(ds[5]["image"], TwoPartDataset(64, image_size=32, seed=4)[5]["image"])
 
 
+def _negative_contents(ds: TwoPartDataset) -> list[tuple[int, bool, int]]:
+    """(parts present, distractor shown, part pixels) of each negative item."""
+    distractor = torch.tensor(PART_COLOURS[2])[:, None, None]
+    contents = []
+    for i in range(len(ds)):
+        item = ds[i]
+        if item["label"] == 0:
+            shown = bool(((item["image"] - distractor).abs().amax(0) < 1e-6).any())
+            present = int(item["part_masks"].flatten(1).any(1).sum())
+            contents.append((present, shown, int(item["part_masks"].sum())))
+    return contents
+
+
+def test_each_kind_of_negative_shows_what_it_says():
+    single = _negative_contents(TwoPartDataset(48, negatives=["part"], seed=1))
+    double = _negative_contents(TwoPartDataset(48, negatives=["part+part"], seed=1))
+    beside = _negative_contents(TwoPartDataset(48, negatives=["part+distractor"], seed=1))
+    neither = _negative_contents(
+        TwoPartDataset(48, negatives=["distractor", "distractor+distractor"], seed=1)
+    )
+    assert all(present == 1 and not shown for present, shown, _ in single + double)
+    assert all(present == 1 and shown for present, shown, _ in beside)
+    assert all(present == 0 and shown for present, shown, _ in neither)
+    # a double shows the same part twice: about twice the pixels of a part alone (radii vary by ±10 %)
+    area = {name: sum(a for *_, a in c) / len(c) for name, c in (("single", single), ("double", double))}
+    assert 1.6 < area["double"] / area["single"] < 2.4, area
+    # the default mixes single parts, doubles and a part beside the distractor
+    assert DEFAULT_NEGATIVES == ("part", "part+part", "part+distractor")
+    assert set(DEFAULT_NEGATIVES) <= set(NEGATIVE_KINDS)
+    default = _negative_contents(TwoPartDataset(96, seed=2))
+    assert any(shown for _, shown, _ in default) and not all(shown for _, shown, _ in default)
+    assert max(a for *_, a in default) > 1.6 * min(a for *_, a in default)  # doubles among them
+
+
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="three different shapes"):
         TwoPartDataset(4, parts=("circle", "circle"))
@@ -37,6 +71,10 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="positive_rate"):
         TwoPartDataset(4, positive_rate=1.5)
     assert all(TwoPartDataset(8, positive_rate=1.0)[i]["label"] == 1 for i in range(8))
+    for bad in ([], ["part", "hexagon"], ["part+part+part"]):
+        with pytest.raises(ValueError, match="negatives"):
+            TwoPartDataset(4, negatives=bad)
+    assert TwoPartDataset(4, negatives="part").negatives == ("part",)
 
 
 def test_part_split_rate_and_its_chance_level():

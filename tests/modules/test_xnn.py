@@ -17,6 +17,7 @@ from lightning_xai.data.parts import TwoPartDataset, part_split_rate
 from lightning_xai.modules import XNN, ImageClassifier, fit_xnn
 from lightning_xai.modules.xnn import (
     XNNNetwork,
+    _centre_biases,
     balance_check,
     prediction_loss,
     pull_away_term,
@@ -139,6 +140,8 @@ def test_argument_errors():
         XNN(3)
     with pytest.raises(ValueError, match="not a submodule"):
         XNN(backbone, layer="nope")
+    with pytest.raises(TypeError, match="centre_biases"):
+        XNN(backbone, centre_biases=1)
 
 
 def test_targets_one_vs_all_list_and_all_classes():
@@ -221,6 +224,36 @@ def test_trains_without_pretraining_and_logs_every_term():
     assert not bool(module.pretrained_flag)
 
 
+def test_centred_bias_makes_every_unit_active_on_half_of_the_data():
+    layer = nn.Linear(6, 4)
+    with torch.no_grad():
+        layer.bias[1] = -1e3  # a dead unit: negative on every input
+    inputs = torch.rand(101, 6)
+    _centre_biases(layer, inputs)
+    active = (layer(inputs) > 0).sum(0)
+    assert bool(((active - 50).abs() <= 1).all()), active  # the median row sits at 0 (up to rounding)
+
+
+def _live_concepts_after_pretraining(seed: int, centre: bool) -> int:
+    L.seed_everything(seed, verbose=False)
+    module = XNN(synthetic_backbone(), target_class=3, centre_biases=centre)
+    x, y = module.features_and_targets(latents(500, seed))
+    module.pretrain(x, y, epochs=5, batch_size=50)
+    with torch.no_grad():
+        return int((module.network.eval().encode(x) > 0).any(0).sum())
+
+
+def test_centre_biases_keeps_more_concepts_alive_through_pretraining():
+    """With PyTorch's initialisation, concepts that are inactive on every training row after pretraining (dead:
+    no gradient can revive them) are common on the synthetic backbone; centring the biases leaves at least as many
+    concepts alive in every seed, and more in all."""
+    seeds = range(4)
+    centred = [_live_concepts_after_pretraining(seed, centre=True) for seed in seeds]
+    default = [_live_concepts_after_pretraining(seed, centre=False) for seed in seeds]
+    assert all(c >= d for c, d in zip(centred, default, strict=True)), (centred, default)
+    assert sum(centred) > sum(default), (centred, default)
+
+
 def test_decoder_activation_auto_picks_identity_for_signed_features():
     backbone = nn.Sequential(nn.Linear(3, 8), nn.Linear(8, 2))  # pre-activation (signed) features
     module = XNN(backbone, hidden=(4,), pretrain_epochs=1)
@@ -300,7 +333,7 @@ def test_balance_check_rules():
 # -- §9.8: heatmaps and contributions ---------------------------------------------------------------------------
 
 
-def small_cnn(classes: int = 2, width: int = 8) -> nn.Module:
+def small_cnn(classes: int = 2, width: int = 8, pool: type[nn.Module] = nn.AdaptiveAvgPool2d) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(3, width, 3, padding=1),
         nn.BatchNorm2d(width),
@@ -310,7 +343,7 @@ def small_cnn(classes: int = 2, width: int = 8) -> nn.Module:
         nn.ReLU(),
         nn.Conv2d(2 * width, 2 * width, 3, padding=1),
         nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
+        pool(1),
         nn.Flatten(),
         nn.Linear(2 * width, classes),
     )
@@ -418,20 +451,13 @@ def _stack(dataset):
     return {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "part_masks")}
 
 
-@pytest.mark.xfail(
-    reason="not reproduced: on the two-part shapes task, XNN concepts (Grad-CAM) point at different parts no "
-    "more often than chance (see docs/methods/xnn.md and BENCHMARKS.md)",
-    raises=AssertionError,
-    strict=False,
-)
-def test_concepts_localise_on_different_parts_more_often_than_chance():
-    """Measure: ``part_split_rate`` (pointing game, tolerance 1 px) on held-out images with both parts: the
-    fraction in which one active concept points at part A and another at part B, against the chance level of
-    concepts that picked their part at random."""
-    L.seed_everything(1, verbose=False)
-    train = _stack(TwoPartDataset(768, image_size=32, seed=1))
-    test = _stack(TwoPartDataset(128, image_size=32, split="test", seed=1))
-    classifier = ImageClassifier(small_cnn(width=16), num_classes=2, lr=1e-2)
+def _part_split_run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    L.seed_everything(seed, verbose=False)
+    train = _stack(TwoPartDataset(768, image_size=32, seed=seed))
+    test = _stack(TwoPartDataset(256, image_size=32, split="test", seed=seed))
+    # global max pooling: the pooled features mark each part's presence (a mean-pooling CNN cannot learn the
+    # class, whose negatives include a part shown twice)
+    classifier = ImageClassifier(small_cnn(width=16, pool=nn.AdaptiveMaxPool2d), num_classes=2, lr=1e-2)
     L.Trainer(max_epochs=10, **TRAINER).fit(
         classifier, DataLoader(TensorDataset(train["image"], train["label"]), batch_size=32, shuffle=True)
     )
@@ -439,10 +465,28 @@ def test_concepts_localise_on_different_parts_more_often_than_chance():
     with torch.no_grad():
         accuracy = (classifier(test["image"]).argmax(1) == test["label"]).float().mean()
     assert accuracy > 0.9  # the backbone did learn the two-part class
-    module = XNN(classifier.model, num_concepts=5, target_class=1, pretrain_epochs=10, heatmap_layer="7")
+    module = XNN(
+        classifier.model,
+        num_concepts=5,
+        target_class=1,
+        pretrain_epochs=10,
+        centre_biases=True,
+        heatmap_layer="7",
+    )
     fit(module, train["image"], epochs=15)
     module.eval()
     both = test["label"] == 1
     maps = module.concept_heatmaps(test["image"][both])
-    split, chance = part_split_rate(maps, test["part_masks"][both], tolerance=1)
+    return part_split_rate(maps, test["part_masks"][both], tolerance=1)
+
+
+def test_concepts_localise_on_different_parts_more_often_than_chance():
+    """Measure: ``part_split_rate`` (pointing game, tolerance 1 px) on held-out images with both parts, pooled
+    over three seeds (data, backbone and XNN): the fraction of images in which one active concept points at part A
+    and another at part B, against the chance level of concepts that picked their part at random. Settings: the
+    spec's losses and pretraining with ``centre_biases=True`` (with PyTorch's initialisation, dead concepts leave
+    at most one active concept on the positive images of some seeds; BENCHMARKS.md has both over 10 seeds)."""
+    runs = [_part_split_run(seed) for seed in range(3)]
+    split = torch.cat([split for split, _ in runs])
+    chance = torch.cat([chance for _, chance in runs])
     assert split.mean() > chance.mean() + 0.1, (float(split.mean()), float(chance.mean()))
