@@ -4,7 +4,7 @@ For each seed, in this one process:
 
 1. ``TwoPartDataset`` (32 px): the positive class needs both part A (a red circle) and part B (a blue square);
    negatives show one part, alone or beside a distractor. 768 training and 256 held-out images.
-2. A tiny CNN (3 conv layers, 16/32/32 channels, global average pooling, linear head) is trained for 10 epochs
+2. A tiny CNN (3 conv layers, 16/32/32 channels, global max pooling, linear head) is trained for 10 epochs
    and then frozen. Its held-out accuracy is reported.
 3. An ``XNN`` (k = 5, hidden 800/100, ``pretrain_epochs`` per stage) explains the logit of the positive class
    from the penultimate (pooled) features; every setting below starts from the same seed.
@@ -16,12 +16,16 @@ For each seed, in this one process:
    conv layer) and ``part_split_rate`` (pointing game, tolerance 1 px): the fraction of images where one active
    concept points at part A and another at part B, against the chance level of concepts that pick their part
    at random (``1 − 2^{1−m}`` for m pointing concepts), and the fractions of active concepts whose maximum lies
-   on part A and on part B.
+   on part A and on part B, and the number of concepts inactive on every held-out image. With
+   ``--igos-images N`` the split rate is also measured with I-GOS heatmaps of the first N such images.
 
-Three XNN settings are compared: the spec's default (PT along images, α_rec = α_pt = 10), no pull-away term
-(α_pt = 0), and the fork's "features" setting (PT along features, α_rec = 15, α_pt = 5).
+Five XNN settings are compared: the spec's default (PT along images, α_rec = α_pt = 10), no pull-away term
+(α_pt = 0), the fork's "features" setting (PT along features, α_rec = 15, α_pt = 5), and the first two with
+``centre_biases=True``.
 
-    python benchmarks/bench_xnn.py --threads 1          # 3 seeds, about 10-15 minutes on one free core
+    python benchmarks/bench_xnn.py --threads 1          # 10 seeds, about 6 minutes on one free core
+    python benchmarks/bench_xnn.py --threads 1 --pool avg --negatives part,part+distractor --seeds 5  # control
+    python benchmarks/bench_xnn.py --threads 1 --seeds 3 --igos-images 32   # adds I-GOS heatmaps (slow)
     python benchmarks/bench_xnn.py --quick              # smoke run, one seed, tiny sizes
 """
 
@@ -84,6 +88,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--xnn-epochs", type=int, default=15)
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument(
+        "--igos-images", type=int, default=0, help="also measure the split with I-GOS heatmaps on N images"
+    )
     parser.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
     args = parser.parse_args()
     if args.quick:
@@ -206,6 +213,12 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
             "epoch_ratio": xnn_epoch / forward_epoch,
             "pretrain_in_forward_epochs": timer.pretrain / forward_epoch,
         }
+        if args.igos_images:
+            images = test["image"][both][: args.igos_images]
+            maps = module.concept_heatmaps(images, method="igos")
+            split, chance = part_split_rate(maps, test["part_masks"][both][: len(images)], tolerance=1)
+            result[name]["igos_split_rate"] = float(split.mean())
+            result[name]["igos_chance"] = float(chance.mean())
     return result
 
 
@@ -248,6 +261,11 @@ def main() -> None:
         ("concepts inactive on every held-out image", "dead_concepts"),
         ("seeds with split rate > chance + 0.1", "above_chance"),
     ]
+    if args.igos_images:
+        rows += [
+            (f"part-split rate, I-GOS heatmaps ({args.igos_images} images)", "igos_split_rate"),
+            ("chance level, I-GOS heatmaps", "igos_chance"),
+        ]
     for label, key in rows:
         if key == "above_chance":
             cells = [f"{sum(r[name][key] for r in results):.0f} / {len(results)}" for name, *_ in VARIANTS]
