@@ -40,11 +40,11 @@ import warnings
 
 import lightning as L
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.data import TwoPartDataset, part_split_rate
-from lightning_xai.data.parts import DEFAULT_NEGATIVES, NEGATIVE_KINDS
+from lightning_xai.data.parts import DEFAULT_NEGATIVES, NEGATIVE_KINDS, points_at_parts
+from lightning_xai.models import small_cnn
 from lightning_xai.modules import XNN, ImageClassifier
 
 # (name, column title, pt_mode, α_rec, α_pt, centre_biases): the spec's default, no pull-away term, the fork's
@@ -99,22 +99,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def tiny_cnn(width: int = 16, pool: str = "max") -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
-        nn.BatchNorm2d(2 * width),
-        nn.ReLU(),
-        nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(2 * width, 2),
-    )
-
-
 def stack(dataset: TwoPartDataset) -> dict[str, torch.Tensor]:
     items = [dataset[i] for i in range(len(dataset))]
     return {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "part_masks")}
@@ -148,13 +132,9 @@ class EpochTimer(L.Callback):
 
 def pointing(maps: torch.Tensor, part_masks: torch.Tensor, tolerance: int) -> tuple[float, float]:
     """Fractions of the (image, active concept) pairs whose heatmap maximum lies on part A, and on part B."""
-    masks = torch.nn.functional.max_pool2d(part_masks.float(), 2 * tolerance + 1, stride=1, padding=tolerance)
-    flat = maps.flatten(2)
-    active = flat.amax(-1) > 0
-    near = masks.flatten(2).gather(2, flat.argmax(-1)[:, None, :].expand(-1, 2, -1)) > 0
-    on_a = (near[:, 0] & ~near[:, 1] & active).sum() / active.sum().clamp_min(1)
-    on_b = (near[:, 1] & ~near[:, 0] & active).sum() / active.sum().clamp_min(1)
-    return float(on_a), float(on_b)
+    points = points_at_parts(maps, part_masks, tolerance).sum((0, 1)).float()
+    active = (maps.flatten(2).amax(-1) > 0).sum().clamp_min(1)
+    return float(points[0] / active), float(points[1] / active)
 
 
 def r2(prediction: torch.Tensor, target: torch.Tensor) -> float:
@@ -166,7 +146,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     data = {"image_size": args.image_size, "negatives": args.negatives.split(","), "seed": seed}
     train = stack(TwoPartDataset(args.train_size, **data))
     test = stack(TwoPartDataset(args.test_size, split="test", **data))
-    classifier = ImageClassifier(tiny_cnn(pool=args.pool), num_classes=2, lr=1e-2)
+    classifier = ImageClassifier(small_cnn(pool=args.pool), num_classes=2, lr=1e-2)
     L.Trainer(max_epochs=args.backbone_epochs, **TRAINER).fit(
         classifier, DataLoader(TensorDataset(train["image"], train["label"]), batch_size=32, shuffle=True)
     )

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.data import TwoPartDataset, part_split_rate
+from lightning_xai.models import small_cnn
 from lightning_xai.modules import XNN, ImageClassifier, fit_xnn
 from lightning_xai.viz import plot_concepts
 
@@ -45,22 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def tiny_cnn(width: int = 16) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
-        nn.BatchNorm2d(2 * width),
-        nn.ReLU(),
-        nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveMaxPool2d(1),  # "is the part anywhere?": the class needs each part's presence
-        nn.Flatten(),
-        nn.Linear(2 * width, 2),
-    )
-
-
 def stack(dataset: TwoPartDataset) -> dict[str, torch.Tensor]:
     items = [dataset[i] for i in range(len(dataset))]
     return {k: torch.stack([item[k] for item in items]) for k in ("image", "label", "part_masks")}
@@ -75,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     test = stack(TwoPartDataset(n_test, image_size=32, split="test", seed=args.seed))
 
     # --- a classifier, trained as usual, then frozen by the XNN ------------------------------------------------
-    classifier = ImageClassifier(tiny_cnn(), num_classes=2, lr=1e-2)
+    classifier = ImageClassifier(small_cnn(pool="max"), num_classes=2, lr=1e-2)
     L.Trainer(max_epochs=backbone_epochs, enable_progress_bar=False, **TRAINER).fit(
         classifier, DataLoader(TensorDataset(train["image"], train["label"]), batch_size=32, shuffle=True)
     )

@@ -24,7 +24,14 @@ from lightning_xai.data.shapes import (
     _normalize_index,
 )
 
-__all__ = ["DEFAULT_NEGATIVES", "NEGATIVE_KINDS", "PART_COLOURS", "TwoPartDataset", "part_split_rate"]
+__all__ = [
+    "DEFAULT_NEGATIVES",
+    "NEGATIVE_KINDS",
+    "PART_COLOURS",
+    "TwoPartDataset",
+    "part_split_rate",
+    "points_at_parts",
+]
 
 #: Object colours of part A, part B and the distractor when ``colour_coded`` (far from every background value).
 PART_COLOURS: tuple[tuple[float, float, float], ...] = (
@@ -108,7 +115,7 @@ class TwoPartDataset(ShapesDataset):
         u = torch.rand(20, generator=g, dtype=torch.float64).tolist()
         label = int(u[0] < self.positive_rate)
         # objects: shape indices into self.shapes (0 = part A, 1 = part B, 2 = distractor)
-        negative = self.negatives[min(int(u[19] * len(self.negatives)), len(self.negatives) - 1)]
+        negative = self.negatives[int(u[19] * len(self.negatives))]  # u < 1
         part = int(u[1] < 0.5)
         kinds = [0, 1] if label else [part if name == "part" else 2 for name in negative.split("+")]
         lo, hi = (max(r * size, _MIN_RADIUS) for r in _RADIUS)
@@ -155,6 +162,40 @@ def _check_negatives(negatives: Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def points_at_parts(heatmaps: Tensor, part_masks: Tensor, tolerance: int = 1) -> Tensor:
+    """Which part each concept's heatmap points at: (B, k, 2) bool, ``[..., 0]`` part A and ``[..., 1]`` part B.
+
+    A concept points at a part when its map is not all zero and its maximum lies within ``tolerance`` pixels of
+    that part's mask and not of the other's (the pointing game of :func:`part_split_rate`).
+
+    Example:
+        >>> import torch
+        >>> masks = torch.zeros(1, 2, 8, 8, dtype=torch.bool)
+        >>> masks[0, 0, :2, :2] = masks[0, 1, 6:, 6:] = True
+        >>> maps = torch.zeros(1, 3, 8, 8)
+        >>> maps[0, 0, 0, 0] = maps[0, 1, 7, 7] = 1.0
+        >>> points_at_parts(maps, masks, tolerance=0)[0].tolist()
+        [[True, False], [False, True], [False, False]]
+    """
+    if heatmaps.ndim != 4 or part_masks.ndim != 4 or part_masks.shape[1] != 2:
+        raise ValueError(
+            f"`heatmaps` must be (B, k, H, W) and `part_masks` (B, 2, H, W), got {describe(heatmaps)} and "
+            f"{describe(part_masks)}"
+        )
+    if heatmaps.shape[0] != part_masks.shape[0] or heatmaps.shape[-2:] != part_masks.shape[-2:]:
+        raise ValueError(
+            f"`heatmaps` {tuple(heatmaps.shape)} and `part_masks` {tuple(part_masks.shape)} do not match"
+        )
+    masks = part_masks.float()
+    if tolerance > 0:
+        masks = F.max_pool2d(masks, 2 * tolerance + 1, stride=1, padding=tolerance)
+    flat = heatmaps.flatten(2)
+    active = flat.amax(-1) > 0  # (B, k)
+    near = masks.flatten(2).gather(2, flat.argmax(-1)[:, None, :].expand(-1, 2, -1)) > 0  # (B, 2, k)
+    alone = near & ~near.flip(1)  # near this part and not the other
+    return (alone & active[:, None]).transpose(1, 2)
+
+
 def part_split_rate(heatmaps: Tensor, part_masks: Tensor, tolerance: int = 1) -> tuple[Tensor, Tensor]:
     """How often different concepts point at different parts, and how often that happens by chance.
 
@@ -181,26 +222,8 @@ def part_split_rate(heatmaps: Tensor, part_masks: Tensor, tolerance: int = 1) ->
         >>> part_split_rate(maps, masks, tolerance=0)
         (tensor([1.]), tensor([0.5000]))
     """
-    if heatmaps.ndim != 4 or part_masks.ndim != 4 or part_masks.shape[1] != 2:
-        raise ValueError(
-            f"`heatmaps` must be (B, k, H, W) and `part_masks` (B, 2, H, W), got {describe(heatmaps)} and "
-            f"{describe(part_masks)}"
-        )
-    if heatmaps.shape[0] != part_masks.shape[0] or heatmaps.shape[-2:] != part_masks.shape[-2:]:
-        raise ValueError(
-            f"`heatmaps` {tuple(heatmaps.shape)} and `part_masks` {tuple(part_masks.shape)} do not match"
-        )
-    masks = part_masks.float()
-    if tolerance > 0:
-        masks = F.max_pool2d(masks, 2 * tolerance + 1, stride=1, padding=tolerance)
-    _batch, _k, _height, _width = heatmaps.shape
-    flat = heatmaps.flatten(2)
-    peak = flat.argmax(-1)  # (B, k)
-    active = flat.amax(-1) > 0
-    near = masks.flatten(2).gather(2, peak[:, None, :].expand(-1, 2, -1)) > 0  # (B, 2, k)
-    on_a = near[:, 0] & ~near[:, 1] & active
-    on_b = near[:, 1] & ~near[:, 0] & active
-    split = (on_a.any(1) & on_b.any(1)).float()
-    pointing = (on_a | on_b).sum(1).float()
+    points = points_at_parts(heatmaps, part_masks, tolerance)  # (B, k, 2)
+    split = points.any(1).all(-1).float()
+    pointing = points.any(-1).sum(1).float()
     chance = (1 - 2 ** (1 - pointing)).clamp_min(0)
     return split, chance

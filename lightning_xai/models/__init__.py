@@ -2,7 +2,7 @@
 
 from .layers import Stage, layer_name, list_stages, resolve_layer
 from .outputs import LogitsForward, check_logits, infer_num_prefix_tokens, logits_of, tokens_to_grid
-from .zoo import build_model, small_resnet
+from .zoo import build_model, small_cnn, small_resnet
 
 __all__ = [
     "LogitsForward",
@@ -14,6 +14,7 @@ __all__ = [
     "list_stages",
     "logits_of",
     "resolve_layer",
+    "small_cnn",
     "small_resnet",
     "tokens_to_grid",
 ]

@@ -6,7 +6,7 @@ import timm
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from .._checks import check_positive
+from .._checks import check_in_choices, check_positive
 
 
 def small_resnet(num_classes: int = 4, width: int = 16, in_chans: int = 3) -> ResNet:
@@ -42,6 +42,38 @@ def small_resnet(num_classes: int = 4, width: int = 16, in_chans: int = 3) -> Re
     for info in model.feature_info:
         info["reduction"] = max(1, info["reduction"] // 4)
     return model
+
+
+def small_cnn(num_classes: int = 2, width: int = 16, pool: str = "max") -> nn.Sequential:
+    """A three-layer CNN for small images: conv ``width`` → conv ``2·width`` (stride 2) → conv ``2·width``, each
+    followed by ReLU (BatchNorm after the first two), then global pooling and a linear head.
+
+    ``pool="max"`` asks "is this pattern anywhere in the image?": its pooled features mark which objects are
+    present, so it can learn a class defined by two different parts (:class:`~lightning_xai.data.TwoPartDataset`).
+    ``pool="avg"`` adds evidence up over the image and cannot. Layer ``"7"`` is the last conv layer's ReLU.
+
+    Example:
+        >>> import torch
+        >>> small_cnn(num_classes=3)(torch.rand(2, 3, 32, 32)).shape
+        torch.Size([2, 3])
+    """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"`width` must be a positive int, got {width!r}")
+    check_positive("num_classes", num_classes)
+    check_in_choices("pool", pool, ("max", "avg"))
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
+        nn.BatchNorm2d(2 * width),
+        nn.ReLU(),
+        nn.Conv2d(2 * width, 2 * width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1) if pool == "max" else nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, num_classes),
+    )
 
 
 def build_model(model: str | nn.Module, num_classes: int, pretrained: bool = False) -> nn.Module:

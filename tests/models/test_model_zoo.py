@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_xai.models import build_model, list_stages, resolve_layer, small_resnet
+from lightning_xai.models import build_model, list_stages, resolve_layer, small_cnn, small_resnet
 
 
 def test_small_resnet_keeps_resolution_and_reports_true_strides():
@@ -22,6 +22,26 @@ def test_small_resnet_keeps_resolution_and_reports_true_strides():
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 3)
     assert shapes == {"layer1": 32, "layer2": 16, "layer3": 8, "layer4": 4}
     assert resolve_layer(model) is model.layer4
+
+
+def test_small_cnn_pooling_and_arguments():
+    images = torch.zeros(2, 3, 32, 32)
+    images[1, :, 8:10, 8:10] = 1.0  # one small bright patch
+    for pool, kind in (("max", nn.AdaptiveMaxPool2d), ("avg", nn.AdaptiveAvgPool2d)):
+        model = small_cnn(num_classes=3, width=4, pool=pool).eval()
+        assert isinstance(model[8], kind) and isinstance(model[7], nn.ReLU)  # "7": the last conv's ReLU
+        assert model(images).shape == (2, 3)
+    # max pooling sees a small patch anywhere: a second copy elsewhere changes nothing
+    model = small_cnn(width=4, pool="max").eval()
+    features = model[:9]
+    twice = images[1:].clone()
+    twice[:, :, 20:22, 20:22] = 1.0  # out of reach of the first (receptive field 9 px), same stride phase
+    with torch.no_grad():
+        assert torch.allclose(features(images[1:]), features(twice))
+    with pytest.raises(ValueError, match="pool"):
+        small_cnn(pool="sum")
+    with pytest.raises(ValueError, match="width"):
+        small_cnn(width=0)
 
 
 def test_build_model():

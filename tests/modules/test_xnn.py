@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.data.parts import TwoPartDataset, part_split_rate
+from lightning_xai.models import small_cnn
 from lightning_xai.modules import XNN, ImageClassifier, fit_xnn
 from lightning_xai.modules.xnn import (
     XNNNetwork,
@@ -333,25 +334,9 @@ def test_balance_check_rules():
 # -- §9.8: heatmaps and contributions ---------------------------------------------------------------------------
 
 
-def small_cnn(classes: int = 2, width: int = 8, pool: type[nn.Module] = nn.AdaptiveAvgPool2d) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, width, 3, padding=1),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
-        nn.BatchNorm2d(2 * width),
-        nn.ReLU(),
-        nn.Conv2d(2 * width, 2 * width, 3, padding=1),
-        nn.ReLU(),
-        pool(1),
-        nn.Flatten(),
-        nn.Linear(2 * width, classes),
-    )
-
-
 def test_heatmaps_contributions_and_inactive_concepts():
     torch.manual_seed(0)
-    module = XNN(small_cnn(), num_concepts=4, hidden=(16,), heatmap_layer="7").eval()
+    module = XNN(small_cnn(width=8, pool="avg"), num_concepts=4, hidden=(16,), heatmap_layer="7").eval()
     with torch.no_grad():
         module.network.encoder[-1].bias[2] = -1e4  # concept 2 can never be active
     images = torch.rand(3, 3, 16, 16)
@@ -457,7 +442,7 @@ def _part_split_run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     test = _stack(TwoPartDataset(256, image_size=32, split="test", seed=seed))
     # global max pooling: the pooled features mark each part's presence (a mean-pooling CNN cannot learn the
     # class, whose negatives include a part shown twice)
-    classifier = ImageClassifier(small_cnn(width=16, pool=nn.AdaptiveMaxPool2d), num_classes=2, lr=1e-2)
+    classifier = ImageClassifier(small_cnn(width=16, pool="max"), num_classes=2, lr=1e-2)
     L.Trainer(max_epochs=10, **TRAINER).fit(
         classifier, DataLoader(TensorDataset(train["image"], train["label"]), batch_size=32, shuffle=True)
     )
