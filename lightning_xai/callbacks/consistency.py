@@ -31,7 +31,7 @@ from .._checks import check_in_choices, check_positive, check_tensor, describe
 from ..data.batch import Batch, split_batch
 from ..explain import background_pgd, grad_cam, preserved_state, require_grad_mode
 from ..metrics.functional.consistency import Similarity, _explanation_consistency_update
-from ..models import logits_of, resolve_layer
+from ..models import find_network, logits_of, resolve_layer
 from .loss_tap import LossTap
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
 
 Refresh = Literal["epoch", "batch"]
 
-_MODEL_ATTRS = ("model", "net", "backbone", "classifier", "encoder")
 # Settings that change the scores: a checkpoint made with other values warns at load.
 _SCORE_KEYS = (
     "layer",
@@ -243,9 +242,11 @@ class ExplanationConsistencyReweighting(Callback):
             order); only its dataset and ``collate_fn`` are used.
         score_transform: set as the training dataset's ``transform`` attribute while scoring.
         score_batch_size: batch size of the scoring passes (default: ``score_dataloader``'s, else the training loader's).
-        model_attr: attribute of the module holding the network to explain; by default the module itself when it
-            defines ``forward``, else the first of ``model``, ``net``, ``backbone``, ``classifier``, ``encoder``.
-        loss_attr: attribute holding the loss; ``criterion``, ``loss_fn``, ``loss_func`` when None.
+        model_attr: attribute (or dotted path) of the module holding the network to explain; by default the
+            module itself when it defines ``forward``, else its shallowest timm / torchvision / Hugging Face
+            submodule, whatever its name.
+        loss_attr: attribute holding the loss; when None, ``criterion``, ``loss_fn``, ``loss_func``, else the
+            loss functions called inside ``training_step`` (see :mod:`lightning_xai.callbacks.loss_tap`).
         batch_adapter: reads inputs, targets and indices from batches (see :func:`~lightning_xai.data.split_batch`).
         log_histogram: log the weight histogram where the logger can show one.
 
@@ -379,6 +380,7 @@ class ExplanationConsistencyReweighting(Callback):
         self.batch_weights: Tensor | None = None
         self._weights_on: Tensor | None = None
         self._tap: LossTap | None = None
+        self._first_batch_checked = False
         self._network: nn.Module | None = None
         self._warned_fallback = False
 
@@ -413,26 +415,11 @@ class ExplanationConsistencyReweighting(Callback):
         return self.last_refresh_epoch + self.refresh_every
 
     def find_network(self, pl_module: nn.Module) -> nn.Module:
-        """The network that is explained: ``model_attr``, the module itself if it defines ``forward``, or its
-        ``model`` / ``net`` / ``backbone`` / ``classifier`` / ``encoder``."""
-        if self.model_attr is not None:
-            network = getattr(pl_module, self.model_attr, None)
-            if not isinstance(network, nn.Module):
-                raise AttributeError(
-                    f"`model_attr={self.model_attr!r}`: {type(pl_module).__name__} has no nn.Module attribute of "
-                    f"that name (got {describe(network)})"
-                )
-            return network
-        if type(pl_module).forward is not L.LightningModule.forward:
+        """The network that is explained: ``model_attr``, the module itself if it defines ``forward``, else the
+        shallowest timm / torchvision / Hugging Face submodule (see :func:`~lightning_xai.models.find_network`)."""
+        if self.model_attr is None and type(pl_module).forward is not L.LightningModule.forward:
             return pl_module
-        for name in _MODEL_ATTRS:
-            network = getattr(pl_module, name, None)
-            if isinstance(network, nn.Module):
-                return network
-        raise AttributeError(
-            f"ExplanationConsistencyReweighting cannot find the network of {type(pl_module).__name__}: define "
-            "`forward` (returning logits), keep the network as `self.model`, or pass `model_attr=`"
-        )
+        return find_network(pl_module, self.model_attr, who="ExplanationConsistencyReweighting")
 
     # -- hooks ---------------------------------------------------------------------------------------------------
 
@@ -442,6 +429,7 @@ class ExplanationConsistencyReweighting(Callback):
         self._network = self.find_network(pl_module)
         resolve_layer(self._network, self.layer)  # an unknown layer fails here, not after the warm-up
         self._tap = LossTap.acquire(pl_module, self, self.loss_attr)
+        self._first_batch_checked = False
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._tap is not None:
@@ -468,8 +456,10 @@ class ExplanationConsistencyReweighting(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         assert self._tap is not None
-        self._tap.open_batch(self)
         parts = split_batch(batch, self.batch_adapter)
+        inputs = parts.inputs
+        size = int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.ndim else None
+        self._tap.open_batch(self, target=parts.target, batch_size=size)
         if self.refresh == "epoch":
             weights = self._lookup(parts, pl_module)
         else:
@@ -482,8 +472,15 @@ class ExplanationConsistencyReweighting(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._tap is not None:
-            self._tap.close_batch(self)
+        if self._tap is None:
+            return
+        self._tap.close_batch(self)
+        if not self._first_batch_checked and self._tap.step_calls == 0:
+            raise RuntimeError(
+                self._tap.missed_step_message("ExplanationConsistencyReweighting")
+                + "; the sample weights would not act"
+            )
+        self._first_batch_checked = True
 
     # -- epoch mode ----------------------------------------------------------------------------------------------
 

@@ -25,26 +25,40 @@ Supported criteria:
   replacing the attribute with a wrapper.
 - modules that mix in :class:`SampleWeightedLossMixin` and call :meth:`~SampleWeightedLossMixin.
   sample_weighted_loss` themselves.
+- **inline losses**: a module with none of the above (``return F.cross_entropy(self(x), y)`` in
+  ``training_step``, or ``nn.CrossEntropyLoss()(logits, y)`` created there, or a Hugging Face model that
+  computes its loss from ``labels=``). ``training_step`` then runs inside a
+  :class:`torch.overrides.TorchFunctionMode`, during training batches only, that intercepts the loss
+  functions in :data:`INLINE_LOSSES` (the ``torch.nn`` loss modules call them). A call is *the* training loss
+  when its input has the batch's size and its target equals the batch's labels (or their one-hot / soft
+  form); other calls pass through untouched. Exactly one such call per training step is expected: a second
+  one raises a ``RuntimeError`` that says how to choose (``loss_attr=`` or the mixin). A step with none leaves
+  the loss as it is, and the callbacks say so after the first batch (MHEX then adds its heads' cross-entropy
+  to the loss ``training_step`` returns).
 
-Anything else raises a ``TypeError`` at ``setup`` that says what to change.
+Criteria that cannot give per-sample losses raise a ``TypeError`` at ``setup`` that says what to change.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn.modules.loss import _Loss
+from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from .._checks import describe
 
 __all__ = [
+    "INLINE_LOSSES",
     "LOSS_ATTRS",
     "LossParts",
     "LossTap",
@@ -59,6 +73,27 @@ LOSS_ATTRS = ("criterion", "loss_fn", "loss_func")
 _TAP_ATTR = "_lightning_xai_loss_tap"
 _CLASS_INDEX_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
 _CLASS_INDEX_FUNCTIONS = (F.cross_entropy, F.nll_loss)
+
+#: Loss functions intercepted inside ``training_step`` when the module keeps no loss attribute.
+INLINE_LOSSES = (
+    F.cross_entropy,
+    F.nll_loss,
+    F.binary_cross_entropy,
+    F.binary_cross_entropy_with_logits,
+    F.mse_loss,
+    F.l1_loss,
+    F.smooth_l1_loss,
+    F.huber_loss,
+    F.kl_div,
+    F.soft_margin_loss,
+    F.multilabel_soft_margin_loss,
+    F.multi_margin_loss,
+    F.poisson_nll_loss,
+    F.gaussian_nll_loss,
+    F.hinge_embedding_loss,
+)
+_INLINE_SET = frozenset(INLINE_LOSSES)
+_SIGNATURES = {fn: inspect.signature(fn) for fn in INLINE_LOSSES}
 
 
 @dataclass
@@ -173,11 +208,16 @@ class PerSampleLoss:
 
     def _function_parts(self, input: Tensor, target: Any, *args: Any, **kwargs: Any) -> LossParts:
         reduction = kwargs.pop("reduction", "mean")
-        if reduction not in ("mean", "sum"):
-            raise TypeError(f"the loss tap supports reduction 'mean' or 'sum', got {reduction!r}")
+        allowed = ("mean", "sum", "batchmean") if self.criterion is F.kl_div else ("mean", "sum")
+        if reduction not in allowed:
+            raise TypeError(
+                f"the loss tap supports reduction {' or '.join(map(repr, allowed))}, got {reduction!r}"
+            )
         per_element = self.criterion(input, target, *args, reduction="none", **kwargs)
         if reduction == "sum":
             denominator = torch.tensor(1.0, device=per_element.device)
+        elif reduction == "batchmean":
+            denominator = torch.tensor(float(input.shape[0]), device=per_element.device)
         elif self.criterion in _CLASS_INDEX_FUNCTIONS:
             denominator = _class_index_denominator(
                 per_element, target, kwargs.get("weight"), kwargs.get("ignore_index", -100)
@@ -213,9 +253,30 @@ class _TappedFunction:
         self.original = original
 
     def __call__(self, input: Tensor, target: Any, *args: Any, **kwargs: Any) -> Tensor:
+        if self.tap.active:
+            self.tap.step_calls += 1
         if not self.tap.wants_call():
             return self.original(input, target, *args, **kwargs)
         return self.tap.compute(input, target, *args, **kwargs)
+
+
+def _loss_name(fn: Callable[..., Any]) -> str:
+    return f"F.{getattr(fn, '__name__', fn)}"
+
+
+class _InlineLossMode(TorchFunctionMode):
+    """Active around ``training_step`` of a module without a loss attribute: routes the calls of
+    :data:`INLINE_LOSSES` to the tap (torch runs this handler with the mode off, so nothing recurses)."""
+
+    def __init__(self, tap: LossTap) -> None:
+        super().__init__()
+        self.tap = tap
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
+        kwargs = kwargs or {}
+        if func in _INLINE_SET:
+            return self.tap._inline_call(func, args, kwargs)
+        return func(*args, **kwargs)
 
 
 class LossTap:
@@ -254,9 +315,19 @@ class LossTap:
         self._open: set[int] = set()
         self._weights: dict[int, Tensor] = {}
         self._terms: dict[int, AuxTerm] = {}
+        self._fallbacks: dict[int, Callable[[], Tensor]] = {}
         self._hook: RemovableHandle | None = None
         self._original: Any = None
         self._had_instance_attr = False
+        #: True when the module keeps no loss attribute and the loss calls inside ``training_step`` are tapped.
+        self.inline = False
+        #: Calls of the tapped loss during the open training batch (inline: calls on the batch's labels).
+        self.step_calls = 0
+        #: Whether the fallbacks were added to the returned loss of the last training step.
+        self.fallback_used = False
+        self._batch_size: int | None = None
+        self._batch_target: Any = None
+        self._passed: list[str] = []
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
@@ -286,6 +357,8 @@ class LossTap:
             return cls(module, None, _MeanPerSample(module.per_sample_loss))
         names = (loss_attr,) if loss_attr is not None else LOSS_ATTRS
         found = next((n for n in names if getattr(module, n, None) is not None), None)
+        if found is None and loss_attr is None:
+            return cls._create_inline(module)
         if found is None:
             looked = f"`{loss_attr}`" if loss_attr is not None else ", ".join(f"`{n}`" for n in LOSS_ATTRS)
             raise AttributeError(
@@ -305,6 +378,31 @@ class LossTap:
             object.__setattr__(module, found, _TappedFunction(tap, criterion))
         return tap
 
+    @classmethod
+    def _create_inline(cls, module: nn.Module) -> LossTap:
+        step = getattr(module, "training_step", None)
+        if not callable(step):
+            raise AttributeError(
+                f"cannot reach the training loss of {type(module).__name__}: it has no loss attribute "
+                f"({', '.join(LOSS_ATTRS)}) and no `training_step`"
+            )
+        tap = cls(module, None, PerSampleLoss(F.cross_entropy, "cross-entropy"))
+        tap.inline = True
+        tap._original = step
+        tap._had_instance_attr = "training_step" in vars(module)
+
+        @functools.wraps(step)
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            return tap._run_training_step(step, args, kwargs)
+
+        object.__setattr__(module, "training_step", training_step)
+        rank_zero_info(
+            f"lightning_xai: {type(module).__name__} keeps no loss attribute ({', '.join(LOSS_ATTRS)}); the loss "
+            "function that `training_step` calls on the batch's labels (F.cross_entropy, nn.CrossEntropyLoss, …) "
+            "is tapped during training batches"
+        )
+        return tap
+
     def release(self, owner: Hashable) -> None:
         """Unregister ``owner``; the last owner's release restores the module's loss attribute."""
         key = id(owner)
@@ -312,9 +410,15 @@ class LossTap:
         self._open.discard(key)
         self._weights.pop(key, None)
         self._terms.pop(key, None)
+        self._fallbacks.pop(key, None)
         if self.owners:
             return
-        if self._hook is not None:
+        if self.inline:
+            if self._had_instance_attr:
+                object.__setattr__(self.module, "training_step", self._original)
+            else:
+                object.__delattr__(self.module, "training_step")
+        elif self._hook is not None:
             self._hook.remove()
             self._hook = None
         elif self.attribute is not None:
@@ -327,16 +431,31 @@ class LossTap:
 
     # -- per-batch state --------------------------------------------------------------------------------------
 
-    def open_batch(self, owner: Hashable) -> None:
-        """Mark a training batch as open for ``owner``: the tap acts until :meth:`close_batch`."""
+    def open_batch(self, owner: Hashable, target: Any = None, batch_size: int | None = None) -> None:
+        """Mark a training batch as open for ``owner``: the tap acts until :meth:`close_batch`.
+
+        ``target`` (the batch's labels) and ``batch_size`` tell the inline tap which loss call is the training
+        loss; without them any call whose input has the batch size (or any call) qualifies.
+        """
         self._check_owner(owner)
         self._open.add(id(owner))
         self._weights.pop(id(owner), None)
+        self.step_calls = 0
+        self.fallback_used = False
+        self._passed = []
+        if batch_size is None and isinstance(target, Tensor) and target.ndim:
+            batch_size = int(target.shape[0])
+        if batch_size is not None:
+            self._batch_size = batch_size
+        if target is not None:
+            self._batch_target = target
 
     def close_batch(self, owner: Hashable) -> None:
         """Close ``owner``'s training batch and drop the weights it published for it."""
         self._open.discard(id(owner))
         self._weights.pop(id(owner), None)
+        if not self._open:
+            self._batch_size = self._batch_target = None
 
     @property
     def active(self) -> bool:
@@ -358,15 +477,51 @@ class LossTap:
             )
         self._weights[id(owner)] = weights.detach()
 
-    def add_term(self, owner: Hashable, term: AuxTerm) -> None:
-        """Register ``term(input, target, per_sample_loss)``, called at each tapped training loss."""
+    def add_term(self, owner: Hashable, term: AuxTerm, fallback: Callable[[], Tensor] | None = None) -> None:
+        """Register ``term(input, target, per_sample_loss)``, called at each tapped training loss.
+
+        ``fallback() -> scalar`` is added instead to the loss that ``training_step`` returns when an inline
+        tap saw no training-loss call in the step.
+        """
         self._check_owner(owner)
-        if not callable(term):
-            raise TypeError(f"`term` must be callable, got {describe(term)}")
+        for name, fn in (("term", term), ("fallback", fallback)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"`{name}` must be callable, got {describe(fn)}")
         self._terms[id(owner)] = term
+        if fallback is not None:
+            self._fallbacks[id(owner)] = fallback
 
     def remove_term(self, owner: Hashable) -> None:
         self._terms.pop(id(owner), None)
+        self._fallbacks.pop(id(owner), None)
+
+    def describe(self) -> str:
+        """Where the loss is tapped, for messages."""
+        if self.inline:
+            return "the loss functions called inside `training_step`"
+        if self.attribute is None:
+            return "`self.sample_weighted_loss`"
+        return f"`self.{self.attribute}`"
+
+    def missed_step_message(self, who: str) -> str:
+        """Why no training loss was reached in the last step, with what to change."""
+        module = type(self.module).__name__
+        if not self.inline:
+            return (
+                f"{who}: the first training batch ran without calling the tapped loss {self.describe()} of {module}, "
+                "so the "
+                f"training loss was not reached. Compute the training loss with it (e.g. "
+                f"`loss = self.{self.attribute or 'sample_weighted_loss'}(logits, y)`)"
+            )
+        seen = f" (calls seen and left alone: {'; '.join(self._passed)})" if self._passed else ""
+        return (
+            f"{who}: the first training step of {module} called no loss function that the tap can reach on the "
+            f"batch's logits and labels{seen}. Tapped are {', '.join(_loss_name(f) for f in INLINE_LOSSES)} and "
+            "the torch.nn loss modules, with reduction 'mean' or 'sum', an input of the batch size and the "
+            "batch's labels as target. Keep the loss on the module (`self.criterion = nn.CrossEntropyLoss()`, or "
+            "name it with `loss_attr=`), or mix lightning_xai.callbacks.SampleWeightedLossMixin into the module "
+            "and call `self.sample_weighted_loss(logits, y)`"
+        )
 
     def _check_owner(self, owner: Hashable) -> None:
         if all(o is not owner for o in self.owners):
@@ -378,6 +533,8 @@ class LossTap:
     # -- the tapped loss --------------------------------------------------------------------------------------
 
     def _criterion_hook(self, _module: nn.Module, args: tuple, kwargs: dict, output: Tensor) -> Tensor | None:
+        if self.active:
+            self.step_calls += 1
         if not self.wants_call():
             return None
         args = list(args)
@@ -388,12 +545,24 @@ class LossTap:
     def compute(
         self, input: Tensor, target: Any, *args: Any, per_sample: LossParts | None = None, **kwargs: Any
     ) -> Tensor:
-        """The tapped loss of one call: weights, per-sample and scalar terms, reduced as the criterion does."""
-        parts = per_sample if per_sample is not None else self.per_sample_loss(input, target, *args, **kwargs)
+        """The tapped loss of one call: weights, per-sample and scalar terms, reduced as the criterion does.
+
+        The auxiliary terms get the criterion with this call's extra arguments (class weights, smoothing …).
+        """
+        if args or kwargs:
+            loss_of = _with_options(self.per_sample_loss, args, kwargs)
+        else:
+            loss_of = self.per_sample_loss
+        parts = per_sample if per_sample is not None else loss_of(input, target)
+        return self._combine(input, target, parts, loss_of)
+
+    def _combine(
+        self, input: Tensor, target: Any, parts: LossParts, loss_of: Callable[[Tensor, Any], LossParts]
+    ) -> Tensor:
         values = parts.per_sample
         scalars: list[Tensor] = []
         for term in list(self._terms.values()):
-            extra = term(input, target, self.per_sample_loss)
+            extra = term(input, target, loss_of)
             if extra.ndim == 0:
                 scalars.append(extra)
             elif extra.shape == values.shape:
@@ -415,6 +584,107 @@ class LossTap:
         for scalar in scalars:
             loss = loss + scalar
         return loss
+
+    # -- the inline tap -----------------------------------------------------------------------------------------
+
+    def _run_training_step(self, step: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if not self.active:
+            return step(*args, **kwargs)
+        self.step_calls, self.fallback_used, self._passed = 0, False, []
+        with _InlineLossMode(self):
+            out = step(*args, **kwargs)
+        if self.step_calls == 0 and self._fallbacks:
+            out = self._add_fallbacks(out)
+        return out
+
+    def _add_fallbacks(self, out: Any) -> Any:
+        if out is None:
+            return out
+        if not getattr(self.module, "automatic_optimization", True):
+            raise RuntimeError(
+                f"{type(self.module).__name__} uses manual optimization and its `training_step` called no loss "
+                "the tap can reach, so the auxiliary loss terms cannot be added to its loss. Keep the loss on the "
+                "module (`self.criterion`, or `loss_attr=`) or use SampleWeightedLossMixin"
+            )
+        extra = sum(fallback() for fallback in list(self._fallbacks.values()))
+        self.fallback_used = True
+        if isinstance(out, Tensor):
+            return out + extra
+        if isinstance(out, Mapping) and isinstance(out.get("loss"), Tensor):
+            return {**out, "loss": out["loss"] + extra}
+        raise TypeError(
+            f"`training_step` of {type(self.module).__name__} returned {describe(out)}; the auxiliary loss terms "
+            "can be added to a loss tensor or to the 'loss' entry of a dict"
+        )
+
+    def _inline_call(self, func: Callable[..., Tensor], args: tuple, kwargs: dict) -> Tensor:
+        try:
+            bound = _SIGNATURES[func].bind(*args, **kwargs)
+        except TypeError:
+            return func(*args, **kwargs)
+        options = dict(bound.arguments)
+        input, target = options.pop("input", None), options.pop("target", None)
+        reason = self._ineligible(func, input, target, options)
+        if reason is not None:
+            self._passed.append(f"{_loss_name(func)}: {reason}")
+            return func(*args, **kwargs)
+        self.step_calls += 1
+        if self.step_calls > 1:
+            raise RuntimeError(
+                f"`training_step` of {type(self.module).__name__} called {self.step_calls} loss functions on the "
+                f"batch's logits and labels (the latest {_loss_name(func)}); the loss tap cannot tell which one is "
+                "the training loss to reweight. Keep that loss on the module (`self.criterion = "
+                "nn.CrossEntropyLoss()`, or name its attribute with `loss_attr=`), or mix "
+                "lightning_xai.callbacks.SampleWeightedLossMixin into the module and call "
+                "`self.sample_weighted_loss(logits, y)`"
+            )
+        if not self.wants_call():
+            return func(*args, **kwargs)
+        for legacy in ("size_average", "reduce"):
+            options.pop(legacy, None)
+        loss_of = _with_options(PerSampleLoss(func, _loss_name(func)), (), options)
+        return self._combine(input, target, loss_of(input, target), loss_of)
+
+    def _ineligible(self, func: Callable[..., Tensor], input: Any, target: Any, options: dict) -> str | None:
+        """Why this loss call is not the batch's training loss, or None when it is."""
+        if options.get("size_average") is not None or options.get("reduce") is not None:
+            return "legacy `size_average` / `reduce` arguments"
+        reduction = options.get("reduction", "mean")
+        allowed = ("mean", "sum", "batchmean") if func is F.kl_div else ("mean", "sum")
+        if reduction not in allowed:
+            return f"reduction={reduction!r}"
+        if not isinstance(input, Tensor) or input.ndim == 0:
+            return "input is not a batch"
+        if self._batch_size is not None and input.shape[0] != self._batch_size:
+            return f"input batch size {input.shape[0]} ≠ {self._batch_size}"
+        ref = self._batch_target
+        if not isinstance(ref, Tensor):
+            return None
+        if not isinstance(target, Tensor):
+            return "target is not a tensor"
+        ref = ref.to(target.device)
+        if target.shape == ref.shape and torch.equal(target, ref):
+            return None
+        if (
+            target.ndim == ref.ndim + 1
+            and target.shape[:-1] == ref.shape
+            and target.is_floating_point()
+            and not ref.is_floating_point()
+            and torch.equal(target.argmax(-1), ref)
+        ):
+            return None
+        return "target is not the batch's labels"
+
+
+def _with_options(
+    loss: Callable[..., LossParts], args: tuple, options: dict
+) -> Callable[[Tensor, Any], LossParts]:
+    """``loss`` with a call's extra arguments bound: ``(input, target) -> LossParts``."""
+
+    def loss_of(input: Tensor, target: Any) -> LossParts:
+        return loss(input, target, *args, **options)
+
+    return loss_of
 
 
 def find_loss_tap(module: nn.Module) -> LossTap | None:
@@ -452,6 +722,8 @@ class SampleWeightedLossMixin:
         values = _per_sample(values, logits.shape[0], "`per_sample_loss`")
         parts = LossParts(values, torch.tensor(float(values.shape[0]), device=values.device))
         tap = find_loss_tap(self)  # type: ignore[arg-type]
+        if tap is not None and tap.active:
+            tap.step_calls += 1
         if tap is None or not tap.wants_call():
             return parts.reduce()
         return tap.compute(logits, target, per_sample=parts)

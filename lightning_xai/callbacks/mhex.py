@@ -23,12 +23,11 @@ from ..heads.mhex import (
     inject_mhex,
     lambda_list,
 )
-from ..models.layers import _is_known_family
+from ..models.layers import find_network
 from .loss_tap import LossParts, LossTap
 
 __all__ = ["MultiHeadExplainer"]
 
-_MODEL_ATTRS = ("model", "net", "backbone", "classifier", "encoder")
 _CONFIG_KEYS = (
     "stages",
     "num_classes",
@@ -59,9 +58,11 @@ class MultiHeadExplainer(Callback):
         stages, num_classes, gate_mode, gate_calibration, b0, gate_rank, refine, refine_max_channels,
             detach_heads, special_token_ids: see :func:`~lightning_xai.heads.inject_mhex`.
         lambdas: weight λ_l of each head's loss, one number or one per head, all > 0.
-        model_attr: attribute of the module holding the classifier; searched among ``model``, ``net``,
-            ``backbone``, ``classifier``, ``encoder`` and the module's children when None.
-        loss_attr: attribute holding the loss; ``criterion``, ``loss_fn``, ``loss_func`` when None.
+        model_attr: attribute (or dotted path) of the module holding the classifier; when None, the shallowest
+            timm / torchvision / Hugging Face submodule, whatever its name (``model``, ``net``, ``backbone`` …).
+        loss_attr: attribute holding the loss; when None, ``criterion``, ``loss_fn``, ``loss_func``, else the
+            loss functions called inside ``training_step`` (see :mod:`lightning_xai.callbacks.loss_tap`), else
+            the heads' cross-entropy added to the loss ``training_step`` returns.
         batch_adapter: reads the targets of validation batches for the head accuracies (see
             :func:`~lightning_xai.data.split_batch`).
         log_heads: log each head's loss and accuracy.
@@ -133,6 +134,7 @@ class MultiHeadExplainer(Callback):
         self._batch_start_id = 0
         self._stats: dict[str, tuple[Tensor, Tensor | None]] = {}
         self._batch_size = 0
+        self._batch_target: Any = None
         self._term_calls = 0
         self._first_batch_checked = False
         self._train_batches = 0
@@ -144,27 +146,9 @@ class MultiHeadExplainer(Callback):
         return None if self.handle is None else self.handle.heads
 
     def find_model(self, pl_module: nn.Module) -> nn.Module:
-        """The classifier inside ``pl_module`` that gets the heads."""
-        if self.model_attr is not None:
-            model = getattr(pl_module, self.model_attr, None)
-            if not isinstance(model, nn.Module):
-                raise AttributeError(
-                    f"`model_attr={self.model_attr!r}`: {type(pl_module).__name__} has no nn.Module attribute of "
-                    f"that name (got {describe(model)})"
-                )
-            return model
-        for name in _MODEL_ATTRS:
-            model = getattr(pl_module, name, None)
-            if isinstance(model, nn.Module) and _is_known_family(model):
-                return model
-        for child in pl_module.children():
-            if _is_known_family(child):
-                return child
-        raise AttributeError(
-            f"MultiHeadExplainer cannot find the classifier in {type(pl_module).__name__}: keep it as `self.model` "
-            "(a timm CNN or ViT, a torchvision ResNet or a Hugging Face BERT-like encoder) or pass `model_attr=` "
-            "naming the attribute that holds it"
-        )
+        """The classifier inside ``pl_module`` that gets the heads (see
+        :func:`~lightning_xai.models.find_network`)."""
+        return find_network(pl_module, self.model_attr, who="MultiHeadExplainer")
 
     def attach(self, pl_module: nn.Module) -> MHEXHandle:
         """Inject the heads into ``pl_module``'s classifier (once; later calls return the same handle)."""
@@ -195,7 +179,15 @@ class MultiHeadExplainer(Callback):
         self.attach(pl_module)
         if stage == "fit" and self._tap is None:
             self._tap = LossTap.acquire(pl_module, self, self.loss_attr)
-            self._tap.add_term(self, self._deep_supervision)
+            if self._tap.inline and not getattr(pl_module, "automatic_optimization", True):
+                self._tap.release(self)
+                self._tap = None
+                raise AttributeError(
+                    f"MultiHeadExplainer: {type(pl_module).__name__} uses manual optimization and keeps no loss "
+                    "attribute, so the heads' loss cannot be added safely. Keep the loss as `self.criterion` (or "
+                    "name it with `loss_attr=`), or mix in lightning_xai.callbacks.SampleWeightedLossMixin"
+                )
+            self._tap.add_term(self, self._deep_supervision, fallback=self._fallback_supervision)
             self._first_batch_checked = False
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -210,7 +202,16 @@ class MultiHeadExplainer(Callback):
         self._stats = {}
         self._term_calls = 0
         self._batch_start_id = self.handle.heads.forward_id
-        self._tap.open_batch(self)
+        try:
+            parts = split_batch(batch, self.batch_adapter)
+        except (TypeError, ValueError):
+            self._batch_target, size = None, None
+        else:
+            self._batch_target = parts.target
+            size = (
+                int(parts.inputs.shape[0]) if isinstance(parts.inputs, Tensor) and parts.inputs.ndim else None
+            )
+        self._tap.open_batch(self, target=self._batch_target, batch_size=size)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -219,20 +220,31 @@ class MultiHeadExplainer(Callback):
         self._tap.close_batch(self)
         self._train_batches += 1
         if not self._first_batch_checked and self._term_calls == 0:
-            where = f"`self.{self._tap.attribute}`" if self._tap.attribute else "`self.sample_weighted_loss`"
             raise RuntimeError(
-                f"MultiHeadExplainer: the first training batch ran without calling the tapped loss {where} of "
-                f"{type(pl_module).__name__}, so the heads got no deep supervision. Compute the training loss "
-                "with it (e.g. `loss = self.criterion(logits, y)`)"
+                self._tap.missed_step_message("MultiHeadExplainer") + "; the heads got no deep supervision"
             )
         self._first_batch_checked = True
         if self.log_heads and self._stats:
-            # Every rank logs its own values without syncing (no collective); the loggers write from rank 0.
+            # Every rank computes the same keys, so the epoch values are averaged over ranks (`sync_dist`).
             size = self._batch_size
             for key, (loss, acc) in self._stats.items():
-                pl_module.log(f"train_head_{key}_loss", loss, on_step=True, on_epoch=True, batch_size=size)
+                pl_module.log(
+                    f"train_head_{key}_loss",
+                    loss,
+                    on_step=True,
+                    on_epoch=True,
+                    batch_size=size,
+                    sync_dist=True,
+                )
                 if acc is not None:
-                    pl_module.log(f"train_head_{key}_acc", acc, on_step=False, on_epoch=True, batch_size=size)
+                    pl_module.log(
+                        f"train_head_{key}_acc",
+                        acc,
+                        on_step=False,
+                        on_epoch=True,
+                        batch_size=size,
+                        sync_dist=True,
+                    )
 
     def on_validation_batch_end(
         self,
@@ -256,7 +268,12 @@ class MultiHeadExplainer(Callback):
             acc = head_accuracy(logits, target)
             if acc is not None:
                 pl_module.log(
-                    f"val_head_{key}_acc", acc, on_step=False, on_epoch=True, batch_size=int(target.shape[0])
+                    f"val_head_{key}_acc",
+                    acc,
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=int(target.shape[0]),
+                    sync_dist=True,
                 )
 
     # -- the loss term ---------------------------------------------------------------------------------------
@@ -277,21 +294,52 @@ class MultiHeadExplainer(Callback):
                 stacklevel=2,
             )
             return input.new_zeros(input.shape[0])
-        heads.consumed_id = heads.forward_id
-        self._batch_size = int(input.shape[0])
+        losses = self._head_losses(head_logits, input.shape, target, per_sample_loss)
         total: Tensor | None = None
-        for lam, (key, logits) in zip(self._lambdas, head_logits.items(), strict=True):
-            if logits.shape != input.shape:
-                raise ValueError(
-                    f"MHEX head {key!r} gives logits of shape {tuple(logits.shape)} but the model's logits are "
-                    f"{tuple(input.shape)}; pass the model's number of classes as `num_classes`"
-                )
-            parts = per_sample_loss(logits, target)
+        for lam, parts in zip(self._lambdas, losses.values(), strict=True):
             term = lam * parts.per_sample
             total = term if total is None else total + term
-            self._stats[key] = (parts.reduce().detach(), head_accuracy(logits.detach(), target))
         assert total is not None
         return total
+
+    def _fallback_supervision(self) -> Tensor:
+        """Σ_l λ_l CE(z_l, y), for a ``training_step`` whose loss the tap could not reach: added to its loss."""
+        assert self.handle is not None and self._tap is not None
+        target = self._batch_target
+        if target is None:
+            raise RuntimeError(
+                "MultiHeadExplainer: the training loss could not be tapped and the batch's labels could not be "
+                "read, so the heads cannot be supervised; pass `batch_adapter=` returning a Batch with `target`"
+            )
+        heads = self.handle.heads
+        head_logits = heads.latest_head_logits(since=self._batch_start_id)
+        self._term_calls += 1
+        first = next(iter(head_logits.values()))
+        losses = self._head_losses(head_logits, first.shape, target, self._tap.per_sample_loss)
+        return sum(lam * parts.reduce() for lam, parts in zip(self._lambdas, losses.values(), strict=True))
+
+    def _head_losses(
+        self,
+        head_logits: dict[str, Tensor],
+        shape: tuple[int, ...],
+        target: Any,
+        per_sample_loss: Callable[[Tensor, Any], LossParts],
+    ) -> dict[str, LossParts]:
+        """Each head's losses (recorded for logging), the forward marked as consumed."""
+        assert self.handle is not None
+        heads = self.handle.heads
+        heads.consumed_id = heads.forward_id
+        self._batch_size = int(shape[0])
+        losses = {}
+        for key, logits in head_logits.items():
+            if logits.shape != shape:
+                raise ValueError(
+                    f"MHEX head {key!r} gives logits of shape {tuple(logits.shape)} but the model's logits are "
+                    f"{tuple(shape)}; pass the model's number of classes as `num_classes`"
+                )
+            losses[key] = parts = per_sample_loss(logits, target)
+            self._stats[key] = (parts.reduce().detach(), head_accuracy(logits.detach(), target))
+        return losses
 
     # -- checkpoints -----------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """Model adapters: find layers and stages in timm, torchvision and Hugging Face models; logits from outputs."""
 
-from .layers import Stage, layer_name, list_stages, resolve_layer
+from .layers import Stage, find_network, layer_name, list_stages, resolve_layer
 from .outputs import LogitsForward, check_logits, infer_num_prefix_tokens, logits_of, tokens_to_grid
 from .zoo import build_model, small_cnn, small_resnet
 
@@ -9,6 +9,7 @@ __all__ = [
     "Stage",
     "build_model",
     "check_logits",
+    "find_network",
     "infer_num_prefix_tokens",
     "layer_name",
     "list_stages",

@@ -27,19 +27,78 @@ class Stage:
     reduction: int
 
 
+def _known_submodule(model: nn.Module) -> nn.Module | None:
+    """The shallowest submodule of ``model`` (itself first) of a known family, in registration order."""
+    level, seen = [model], set()
+    while level:
+        following = []
+        for module in level:
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            if _is_known_family(module):
+                return module
+            following.extend(module.children())
+        level = following
+    return None
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
-    """Look through wrappers that keep the classifier under ``.model`` / ``.module`` (Lightning, DDP)."""
-    seen = set()
-    while id(model) not in seen:
-        seen.add(id(model))
-        if _is_known_family(model):
-            return model
-        inner = getattr(model, "module", None) or getattr(model, "model", None)
-        if isinstance(inner, nn.Module):
-            model = inner
-        else:
-            break
-    return model
+    """The classifier inside wrappers (Lightning modules, DDP, ``self.net`` / ``self.backbone``, nesting): the
+    shallowest submodule of a known family, or ``model`` itself when none is."""
+    found = _known_submodule(model)
+    return model if found is None else found
+
+
+def _describe_children(model: nn.Module, depth: int = 2, limit: int = 12) -> str:
+    names = [
+        f"{name} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if name and name.count(".") < depth
+    ]
+    more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more if names else "no submodules"
+
+
+def find_network(module: nn.Module, attr: str | None = None, *, who: str = "lightning_xai") -> nn.Module:
+    """The network inside ``module`` that a method explains or extends.
+
+    ``attr`` names the attribute that holds it (a dotted path, e.g. ``"wrapper.net"``) and wins; otherwise the
+    shallowest submodule (``module`` itself first) that is a timm model, a torchvision ResNet or a Hugging Face
+    model, whatever its attribute is called (``model``, ``net``, ``backbone``, nested wrappers …). The error
+    lists what was found when nothing matches.
+
+    Example:
+        >>> import timm, lightning as L
+        >>> class Module(L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.net = timm.create_model("resnet18", pretrained=False, num_classes=3)
+        >>> module = Module()
+        >>> find_network(module) is module.net
+        True
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"`module` must be a torch.nn.Module, got {describe(module)}")
+    if attr is not None:
+        try:
+            network = module.get_submodule(attr)
+        except AttributeError:
+            network = None
+        if network is None:
+            raise AttributeError(
+                f"{who}: `model_attr={attr!r}`: {type(module).__name__} has no submodule of that name; its "
+                f"submodules: {_describe_children(module)}"
+            )
+        return network
+    found = _known_submodule(module)
+    if found is None:
+        raise AttributeError(
+            f"{who} cannot find the network inside {type(module).__name__}: no submodule is a timm model, a "
+            "torchvision ResNet or a Hugging Face model (found: "
+            f"{_describe_children(module)}). Pass `model_attr=` naming the attribute that holds the network"
+        )
+    return found
 
 
 def _is_hf(model: nn.Module) -> bool:

@@ -369,10 +369,18 @@ class NoLoss(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class HandWrittenLoss(NoLoss):
+    def training_step(self, batch, batch_idx):
+        return -self(batch[0]).log_softmax(1).gather(1, batch[1][:, None]).mean()
+
+
 class TupleModule(NoLoss):
     def __init__(self):
         super().__init__()
         self.criterion = nn.CrossEntropyLoss()
+
+    def training_step(self, batch, batch_idx):
+        return self.criterion(self(batch[0]), batch[1])
 
 
 def _tuple_loader():
@@ -381,8 +389,10 @@ def _tuple_loader():
 
 
 def test_clear_errors_for_missing_loss_indices_and_bad_arguments():
-    with pytest.raises(AttributeError, match="criterion"):
-        trainer(callbacks=[ExplanationConsistencyReweighting()]).fit(NoLoss(), _tuple_loader())
+    with pytest.raises(RuntimeError, match="called no loss function that the tap can reach"):
+        trainer(callbacks=[ExplanationConsistencyReweighting(refresh="batch")]).fit(
+            HandWrittenLoss(), _tuple_loader()
+        )
     with pytest.raises(ValueError, match="IndexedDataset"):
         trainer(callbacks=[ExplanationConsistencyReweighting()]).fit(TupleModule(), _tuple_loader())
     # batch mode needs no index

@@ -172,10 +172,15 @@ def test_loss_attr_and_clear_error_without_a_loss():
             self.my_loss = nn.CrossEntropyLoss()
 
     owner = object()
-    with pytest.raises(AttributeError, match=r"`criterion`, `loss_fn`, `loss_func`.*SampleWeightedLossMixin"):
-        LossTap.acquire(Custom(), owner)
+    with pytest.raises(AttributeError, match=r"no attribute `nope`.*SampleWeightedLossMixin"):
+        LossTap.acquire(Custom(), owner, loss_attr="nope")
     tap = LossTap.acquire(Custom(), owner, loss_attr="my_loss")
-    assert tap.attribute == "my_loss"
+    assert tap.attribute == "my_loss" and not tap.inline
+    module = Custom()  # no known loss attribute: the losses called in training_step are tapped
+    tap = LossTap.acquire(module, owner)
+    assert tap.inline and tap.attribute is None and "training_step" in vars(module)
+    tap.release(owner)
+    assert "training_step" not in vars(module)
 
 
 def test_mixin_module_calls_the_tap_itself():
@@ -252,3 +257,24 @@ def test_tap_acts_on_training_batches_only_in_a_trainer():
     assert all(a == pytest.approx(0.5 * b) for a, b in train)
     assert all(a == b for a, b in val)
     assert module.criterion is criterion and not criterion._forward_hooks and find_loss_tap(module) is None
+
+
+def test_terms_get_the_criterion_with_the_calls_options():
+    class FunctionLoss(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loss_fn = F.cross_entropy
+
+    module, owner = FunctionLoss(), object()
+    tap = LossTap.acquire(module, owner)
+    seen = []
+    tap.add_term(
+        owner, lambda input, target, loss_of: seen.append(loss_of(input, target).reduce()) or seen[-1]
+    )
+    tap.open_batch(owner)
+    weight = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    loss = module.loss_fn(LOGITS, LABELS, weight=weight, label_smoothing=0.2)
+    tap.close_batch(owner)
+    tap.release(owner)
+    own = F.cross_entropy(LOGITS, LABELS, weight=weight, label_smoothing=0.2)
+    assert torch.allclose(seen[0], own) and torch.allclose(loss, 2 * own)

@@ -121,8 +121,10 @@ def test_clear_errors_for_unreachable_loss_or_model():
             super().__init__()
             self.model = timm.create_model("resnet18", pretrained=False, num_classes=4)
 
-    with pytest.raises(AttributeError, match=r"self\.criterion = nn\.CrossEntropyLoss\(\)"):
-        MultiHeadExplainer().setup(None, NoLoss(), "fit")
+    with pytest.raises(
+        AttributeError, match=r"no attribute `nope`.*self\.criterion = nn\.CrossEntropyLoss\(\)"
+    ):
+        MultiHeadExplainer(loss_attr="nope").setup(None, NoLoss(), "fit")
 
     class NoModel(L.LightningModule):
         def __init__(self) -> None:
