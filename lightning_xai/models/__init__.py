@@ -2,18 +2,22 @@
 
 from .layers import Stage, find_network, layer_name, list_stages, resolve_layer
 from .outputs import LogitsForward, check_logits, infer_num_prefix_tokens, logits_of, tokens_to_grid
+from .weights import PixelClassifier, imagenet_class_names, pretrained
 from .zoo import build_model, small_cnn, small_resnet
 
 __all__ = [
     "LogitsForward",
+    "PixelClassifier",
     "Stage",
     "build_model",
     "check_logits",
     "find_network",
+    "imagenet_class_names",
     "infer_num_prefix_tokens",
     "layer_name",
     "list_stages",
     "logits_of",
+    "pretrained",
     "resolve_layer",
     "small_cnn",
     "small_resnet",
