@@ -457,9 +457,7 @@ class ExplanationConsistencyReweighting(Callback):
     ) -> None:
         assert self._tap is not None
         parts = split_batch(batch, self.batch_adapter)
-        inputs = parts.inputs
-        size = int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.ndim else None
-        self._tap.open_batch(self, target=parts.target, batch_size=size)
+        self._tap.open_batch(self, target=parts.target, inputs=parts.inputs)
         if self.refresh == "epoch":
             weights = self._lookup(parts, pl_module)
         else:

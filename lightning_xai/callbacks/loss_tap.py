@@ -156,7 +156,7 @@ class PerSampleLoss:
         self.name = name
         if isinstance(criterion, _Loss):
             reduction = getattr(criterion, "reduction", None)
-            allowed = ("mean", "sum", "batchmean") if isinstance(criterion, nn.KLDivLoss) else ("mean", "sum")
+            allowed = _reductions(isinstance(criterion, nn.KLDivLoss))
             if reduction not in allowed:
                 raise TypeError(
                     f"the loss `{name}` ({type(criterion).__name__}) has reduction={reduction!r}; the loss tap "
@@ -208,7 +208,7 @@ class PerSampleLoss:
 
     def _function_parts(self, input: Tensor, target: Any, *args: Any, **kwargs: Any) -> LossParts:
         reduction = kwargs.pop("reduction", "mean")
-        allowed = ("mean", "sum", "batchmean") if self.criterion is F.kl_div else ("mean", "sum")
+        allowed = _reductions(self.criterion is F.kl_div)
         if reduction not in allowed:
             raise TypeError(
                 f"the loss tap supports reduction {' or '.join(map(repr, allowed))}, got {reduction!r}"
@@ -225,6 +225,11 @@ class PerSampleLoss:
         else:
             denominator = torch.tensor(float(per_element.numel()), device=per_element.device)
         return LossParts(_per_sample(per_element, input.shape[0], f"the loss `{self.name}`"), denominator)
+
+
+def _reductions(kl_divergence: bool) -> tuple[str, ...]:
+    """The reductions the tap can split into per-sample losses (KL divergence also has ``"batchmean"``)."""
+    return ("mean", "sum", "batchmean") if kl_divergence else ("mean", "sum")
 
 
 def _accepts_reduction(fn: Callable[..., Any]) -> bool:
@@ -323,8 +328,6 @@ class LossTap:
         self.inline = False
         #: Calls of the tapped loss during the open training batch (inline: calls on the batch's labels).
         self.step_calls = 0
-        #: Whether the fallbacks were added to the returned loss of the last training step.
-        self.fallback_used = False
         self._batch_size: int | None = None
         self._batch_target: Any = None
         self._passed: list[str] = []
@@ -431,20 +434,23 @@ class LossTap:
 
     # -- per-batch state --------------------------------------------------------------------------------------
 
-    def open_batch(self, owner: Hashable, target: Any = None, batch_size: int | None = None) -> None:
+    def open_batch(self, owner: Hashable, target: Any = None, inputs: Any = None) -> None:
         """Mark a training batch as open for ``owner``: the tap acts until :meth:`close_batch`.
 
-        ``target`` (the batch's labels) and ``batch_size`` tell the inline tap which loss call is the training
-        loss; without them any call whose input has the batch size (or any call) qualifies.
+        ``target`` (the batch's labels) and ``inputs`` (for the batch size) tell the inline tap which loss call
+        is the training loss; without them any call whose input has the batch size (or any call) qualifies.
         """
         self._check_owner(owner)
         self._open.add(id(owner))
         self._weights.pop(id(owner), None)
         self.step_calls = 0
-        self.fallback_used = False
         self._passed = []
-        if batch_size is None and isinstance(target, Tensor) and target.ndim:
+        if isinstance(inputs, Tensor) and inputs.ndim:
+            batch_size = int(inputs.shape[0])
+        elif isinstance(target, Tensor) and target.ndim:
             batch_size = int(target.shape[0])
+        else:
+            batch_size = None
         if batch_size is not None:
             self._batch_size = batch_size
         if target is not None:
@@ -487,6 +493,12 @@ class LossTap:
         for name, fn in (("term", term), ("fallback", fallback)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"`{name}` must be callable, got {describe(fn)}")
+        if fallback is not None and self.inline and not getattr(self.module, "automatic_optimization", True):
+            raise AttributeError(
+                f"{type(self.module).__name__} uses manual optimization and keeps no loss attribute, so a loss "
+                "term cannot be added to what `training_step` returns. Keep the loss as `self.criterion` (or name "
+                "it with `loss_attr=`), or mix in lightning_xai.callbacks.SampleWeightedLossMixin"
+            )
         self._terms[id(owner)] = term
         if fallback is not None:
             self._fallbacks[id(owner)] = fallback
@@ -590,7 +602,7 @@ class LossTap:
     def _run_training_step(self, step: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         if not self.active:
             return step(*args, **kwargs)
-        self.step_calls, self.fallback_used, self._passed = 0, False, []
+        self.step_calls, self._passed = 0, []
         with _InlineLossMode(self):
             out = step(*args, **kwargs)
         if self.step_calls == 0 and self._fallbacks:
@@ -600,14 +612,7 @@ class LossTap:
     def _add_fallbacks(self, out: Any) -> Any:
         if out is None:
             return out
-        if not getattr(self.module, "automatic_optimization", True):
-            raise RuntimeError(
-                f"{type(self.module).__name__} uses manual optimization and its `training_step` called no loss "
-                "the tap can reach, so the auxiliary loss terms cannot be added to its loss. Keep the loss on the "
-                "module (`self.criterion`, or `loss_attr=`) or use SampleWeightedLossMixin"
-            )
         extra = sum(fallback() for fallback in list(self._fallbacks.values()))
-        self.fallback_used = True
         if isinstance(out, Tensor):
             return out + extra
         if isinstance(out, Mapping) and isinstance(out.get("loss"), Tensor):
@@ -650,8 +655,7 @@ class LossTap:
         if options.get("size_average") is not None or options.get("reduce") is not None:
             return "legacy `size_average` / `reduce` arguments"
         reduction = options.get("reduction", "mean")
-        allowed = ("mean", "sum", "batchmean") if func is F.kl_div else ("mean", "sum")
-        if reduction not in allowed:
+        if reduction not in _reductions(func is F.kl_div):
             return f"reduction={reduction!r}"
         if not isinstance(input, Tensor) or input.ndim == 0:
             return "input is not a batch"

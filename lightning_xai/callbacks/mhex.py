@@ -178,16 +178,13 @@ class MultiHeadExplainer(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.attach(pl_module)
         if stage == "fit" and self._tap is None:
-            self._tap = LossTap.acquire(pl_module, self, self.loss_attr)
-            if self._tap.inline and not getattr(pl_module, "automatic_optimization", True):
-                self._tap.release(self)
-                self._tap = None
-                raise AttributeError(
-                    f"MultiHeadExplainer: {type(pl_module).__name__} uses manual optimization and keeps no loss "
-                    "attribute, so the heads' loss cannot be added safely. Keep the loss as `self.criterion` (or "
-                    "name it with `loss_attr=`), or mix in lightning_xai.callbacks.SampleWeightedLossMixin"
-                )
-            self._tap.add_term(self, self._deep_supervision, fallback=self._fallback_supervision)
+            tap = LossTap.acquire(pl_module, self, self.loss_attr)
+            try:
+                tap.add_term(self, self._deep_supervision, fallback=self._fallback_supervision)
+            except AttributeError as error:
+                tap.release(self)
+                raise AttributeError(f"MultiHeadExplainer: {error}") from None
+            self._tap = tap
             self._first_batch_checked = False
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -205,13 +202,10 @@ class MultiHeadExplainer(Callback):
         try:
             parts = split_batch(batch, self.batch_adapter)
         except (TypeError, ValueError):
-            self._batch_target, size = None, None
+            self._batch_target, inputs = None, None
         else:
-            self._batch_target = parts.target
-            size = (
-                int(parts.inputs.shape[0]) if isinstance(parts.inputs, Tensor) and parts.inputs.ndim else None
-            )
-        self._tap.open_batch(self, target=self._batch_target, batch_size=size)
+            self._batch_target, inputs = parts.target, parts.inputs
+        self._tap.open_batch(self, target=self._batch_target, inputs=inputs)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
