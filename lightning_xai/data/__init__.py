@@ -7,6 +7,8 @@ Nothing is downloaded: every item is generated on access from ``(seed, split, in
   and an option for two instances per image.
 - :class:`TokensDataset` / :class:`TokensDataModule`: token sequences whose label is decided by
   rationale tokens, with a rationale mask and an optional spurious cue token.
+- :func:`load_photos` / :class:`PhotoDataset`: six real photos with their ImageNet class and the object's box or
+  polygon mask, read from installed packages (the ``[real]`` extra).
 - :class:`ImageFolderDataset`: the image files of a folder (for ``lightning-xai explain``).
 - :class:`IndexedDataset`: adds the dataset index to the items of any map-style dataset.
 - :func:`split_batch`: reads a user's batch (tuple or dict) into inputs, target, mask and index.
@@ -16,6 +18,7 @@ from lightning_xai.data.batch import Batch, split_batch
 from lightning_xai.data.folder import ImageFolderDataset
 from lightning_xai.data.indexed import IndexedDataset
 from lightning_xai.data.parts import TwoPartDataset, part_split_rate
+from lightning_xai.data.photos import PHOTOS, Photo, PhotoDataset, load_photos
 from lightning_xai.data.shapes import (
     CUE_TINTS,
     SHAPE_CLASSES,
@@ -27,16 +30,20 @@ from lightning_xai.data.tokens import TokensDataModule, TokensDataset
 
 __all__ = [
     "CUE_TINTS",
+    "PHOTOS",
     "SHAPE_CLASSES",
     "Batch",
     "ImageFolderDataset",
     "IndexedDataset",
+    "Photo",
+    "PhotoDataset",
     "ShapesDataModule",
     "ShapesDataset",
     "TokensDataModule",
     "TokensDataset",
     "TwoPartDataset",
     "agreement_rate",
+    "load_photos",
     "part_split_rate",
     "split_batch",
 ]
