@@ -9,7 +9,7 @@ Three sections, each comparing runs made in this one process:
   from other processes hits them alike; the median over rounds is reported, and the ratios are of medians.
   The MHEX steps go through the callback's loss tap exactly as in training (``module.criterion`` tapped).
 * ``images``: ``ImageClassifier`` (``small_resnet``: a timm ResNet with a stride-1 stem for small images, random
-  init; the demo's model and settings) on ``ShapesDataModule`` with a background cue that
+  init; the demo's model) on ``ShapesDataModule`` with a background cue that
   agrees with the label for a fraction ``--bias`` of the training images; baseline vs the same script with
   ``MultiHeadExplainer`` (default and spec-full settings), same seeds (data, initialisation and order), same
   epochs. Accuracy on an unbiased split (cue independent of the label) and on the bias-conflicting test split;
@@ -85,14 +85,14 @@ def parse_args() -> argparse.Namespace:
         default="small_resnet",
         help="ImageClassifier model: small_resnet (default) or a timm name",
     )
-    quality.add_argument("--image-size", type=int, default=48)
-    quality.add_argument("--train-size", type=int, default=1536)
+    quality.add_argument("--image-size", type=int, default=32)
+    quality.add_argument("--train-size", type=int, default=4000)
     quality.add_argument("--eval-size", type=int, default=256)
     quality.add_argument("--curve-size", type=int, default=64, help="images scored by deletion/insertion")
-    quality.add_argument("--epochs", type=int, default=4)
+    quality.add_argument("--epochs", type=int, default=12)
     quality.add_argument("--batch", type=int, default=64)
     quality.add_argument("--lr", type=float, default=3e-3)
-    quality.add_argument("--tolerance", type=float, default=3.0, help="pointing-game tolerance in pixels")
+    quality.add_argument("--tolerance", type=float, default=2.0, help="pointing-game tolerance in pixels")
     quality.add_argument("--configs", default="baseline,mhex,mhex-full", help="image configurations to train")
     tokens = parser.add_argument_group("tokens")
     tokens.add_argument("--token-train-size", type=int, default=2000)
