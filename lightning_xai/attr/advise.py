@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .._checks import check_in_choices, check_inputs_on_model_device, describe, format_target
 from ..explain import preserved_state, require_grad_mode
-from ..explain.gradcam import _ActivationTap
+from ..explain.hooks import ActivationTap, forward_hook
 from ..metrics.functional.avx import (
     AVX_KEYS,
     AdForm,
@@ -253,9 +253,8 @@ class ADVISE(LayerAttribution):
         module = forward_module(self.forward_func)
         batch = inputs.shape[0]
         parts: list[tuple[Tensor, ...]] = []
-        tap = _ActivationTap()
-        with preserved_state(module, self.layer), torch.enable_grad():
-            self.layer.register_forward_hook(tap)
+        tap = ActivationTap()
+        with preserved_state(module, self.layer), torch.enable_grad(), forward_hook(self.layer, tap):
             for begin, stop in chunk_bounds(batch, chunk):
                 index = torch.arange(begin, stop, device=inputs.device)
                 tap.activation = None

@@ -2,13 +2,16 @@
 
 from .baselines import compose, constant_baseline, gaussian_blur, make_baseline, mean_baseline, upsample_mask
 from .gradcam import grad_cam
+from .hooks import ActivationTap, forward_hook
 from .pgd import background_pgd
 from .state import preserved_state, require_grad_mode
 
 __all__ = [
+    "ActivationTap",
     "background_pgd",
     "compose",
     "constant_baseline",
+    "forward_hook",
     "gaussian_blur",
     "grad_cam",
     "make_baseline",

@@ -11,32 +11,8 @@ from torch import Tensor, nn
 
 from .._checks import check_inputs_on_model_device, check_tensor, describe, format_target
 from ..models import check_logits, logits_of, resolve_layer, tokens_to_grid
+from .hooks import ActivationTap, forward_hook
 from .state import preserved_state, require_grad_mode
-
-
-class _ActivationTap:
-    """Forward hook that keeps a layer's output (the first element of a tuple output) and makes sure it is part
-    of the autograd graph even when every parameter before it is frozen."""
-
-    def __init__(self) -> None:
-        self.activation: Tensor | None = None
-
-    def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> Any:
-        first = output[0] if isinstance(output, (tuple, list)) else output
-        if not isinstance(first, Tensor):
-            raise TypeError(
-                f"the Grad-CAM layer must output a tensor (or a tuple starting with one), got {describe(first)}"
-            )
-        replaced = None
-        if not first.requires_grad:
-            replaced = first.detach().requires_grad_(True)
-            first = replaced
-        self.activation = first
-        if replaced is None:
-            return None
-        if isinstance(output, (tuple, list)):
-            return type(output)((replaced, *output[1:]))
-        return replaced
 
 
 def _find_module(forward_func: Any) -> nn.Module | None:
@@ -107,11 +83,10 @@ def grad_cam(
         check_inputs_on_model_device("inputs", inputs, module)
     require_grad_mode("grad_cam")
     extra = tuple(additional_forward_args or ())
-    tap = _ActivationTap()
+    tap = ActivationTap()
     batch = inputs.shape[0]
 
-    with preserved_state(module, layer_module), torch.enable_grad():
-        layer_module.register_forward_hook(tap)
+    with preserved_state(module, layer_module), torch.enable_grad(), forward_hook(layer_module, tap):
         logits = check_logits(logits_of(forward_func(inputs, *extra)), batch)
         activation = tap.activation
         if activation is None:
