@@ -77,11 +77,6 @@ def resolve_method(method: str | type) -> type:
     return cls
 
 
-def takes_layer(method: str | type) -> bool:
-    """Whether the method's constructor takes a ``layer`` (a Captum layer attribution)."""
-    return "layer" in inspect.signature(resolve_method(method).__init__).parameters
-
-
 def build_attribution(
     method: str | type,
     model: nn.Module,

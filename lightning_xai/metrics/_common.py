@@ -64,11 +64,6 @@ def check_masks(masks: Tensor, batch_size: int, name: str = "masks") -> Tensor:
     return masks
 
 
-def check_same_batch(name: str, value: Tensor, batch_size: int) -> None:
-    if value.shape[0] != batch_size:
-        raise ValueError(f"`{name}` must have batch size {batch_size}, got {describe(value)}")
-
-
 def scores_from_logits(logits: Tensor, score: Score) -> Tensor:
     """Softmax probabilities or raw logits, (B, K)."""
     return logits.softmax(-1) if score == "softmax" else logits
