@@ -97,6 +97,20 @@ def warn_if_training(module: nn.Module | None, what: str) -> None:
         )
 
 
+def check_baselines_not_target(baselines: object) -> None:
+    """Class indices passed where ``baselines`` go: ``attribute(x, labels)`` in the order before Captum's."""
+    as_ints = (
+        isinstance(baselines, (list, tuple))
+        and bool(baselines)
+        and all(isinstance(b, int) and not isinstance(b, bool) for b in baselines)
+    )
+    if as_ints or (isinstance(baselines, Tensor) and not baselines.is_floating_point()):
+        raise TypeError(
+            "`baselines` got class indices; `attribute` takes Captum's order (inputs, baselines, target, "
+            "additional_forward_args): pass them as `target=`"
+        )
+
+
 def check_internal_batch_size(value: object, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return

@@ -28,6 +28,7 @@ from ..explain import make_baseline, preserved_state, require_grad_mode, upsampl
 from ..models import LogitsForward, check_logits
 from ._common import (
     Score,
+    check_baselines_not_target,
     check_internal_batch_size,
     chunk_bounds,
     clean_scores,
@@ -410,6 +411,7 @@ class _IGOSBase(GradientAttribution):
     ) -> Tensor | tuple[Tensor, ...] | tuple[Tensor | tuple[Tensor, ...], Tensor]:
         # Every argument is checked before any model call.
         (x,), is_tuple = format_inputs(inputs, max_tensors=1, ndim=4)
+        check_baselines_not_target(baselines)
         size = _mask_size(mask_size)
         n_iterations = _check_int("n_iterations", n_iterations, 1)
         n_steps = _check_int("n_steps", n_steps, 1)
@@ -709,9 +711,10 @@ class IGOS(_IGOSBase):
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: int | list[int] | Tensor | None = None,
         baselines: str | float | Tensor | tuple = "blur",
+        target: int | list[int] | Tensor | None = None,
         additional_forward_args: Any = None,
+        *,
         mask_size: int | tuple[int, int] = 28,
         n_iterations: int = 15,
         n_steps: int = 20,
@@ -738,10 +741,10 @@ class IGOS(_IGOSBase):
 
         Args:
             inputs: (B, C, H, W) model inputs, or a 1-tuple of them (the output then is a 1-tuple).
-            target: class per image: an int, a list of B ints or a (B,) tensor; None takes the predicted class.
             baselines: what a deleted pixel shows: ``"blur"`` (Gaussian, kernel 51, σ 50, reflect-101 borders;
                 the references' choice), ``"black"``, ``"zeros"``, ``"mean"``, a number, or a tensor
-                broadcastable to the inputs (a 1-tuple of one for tuple inputs).
+                broadcastable to the inputs (a 1-tuple of one for tuple inputs). Second, as in Captum.
+            target: class per image: an int, a list of B ints or a (B,) tensor; None takes the predicted class.
             additional_forward_args: extra positional arguments of the forward; tensors with one row per image
                 are repeated for that image's model inputs, anything else is passed unchanged.
             mask_size: side ``s`` of the mask (or ``(h, w)``); the references use 28.
@@ -842,9 +845,10 @@ class IGOSPlusPlus(_IGOSBase):
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: int | list[int] | Tensor | None = None,
         baselines: str | float | Tensor | tuple = "blur",
+        target: int | list[int] | Tensor | None = None,
         additional_forward_args: Any = None,
+        *,
         mask_size: int | tuple[int, int] = 28,
         n_iterations: int = 20,
         n_steps: int = 20,

@@ -31,6 +31,7 @@ from .._checks import check_inputs_on_model_device, check_tensor, describe, form
 from ..explain import compose, preserved_state, upsample_mask
 from ..models import LogitsForward, check_logits
 from ._common import (
+    check_baselines_not_target,
     check_internal_batch_size,
     chunk_bounds,
     clean_scores,
@@ -478,8 +479,8 @@ class StructuredAttentionGraph(PerturbationAttribution):
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
-        target: int | list[int] | Tensor | None = None,
         baselines: str | float | Tensor | tuple = "black",
+        target: int | list[int] | Tensor | None = None,
         additional_forward_args: Any = None,
         **kwargs: Any,
     ) -> Tensor | tuple[Tensor, ...]:
@@ -488,6 +489,7 @@ class StructuredAttentionGraph(PerturbationAttribution):
         Takes every argument of :meth:`explain`. An image without any root gets all zeros and a warning.
         """
         (x,), is_tuple = format_inputs(inputs, max_tensors=1, ndim=4)
+        check_baselines_not_target(baselines)
         results = self.explain(x, target, baselines, additional_forward_args, **kwargs)
         maps = torch.zeros(x.shape[0], 1, *x.shape[-2:], dtype=x.dtype, device=x.device)
         empty = []
