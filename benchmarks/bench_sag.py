@@ -44,6 +44,7 @@ from torch import nn
 from lightning_xai.attr import StructuredAttentionGraph
 from lightning_xai.data import ShapesDataModule, ShapesDataset
 from lightning_xai.modules import ImageClassifier
+from lightning_xai.viz import save_sag_png
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -332,7 +333,7 @@ def two_routes_gallery(args: argparse.Namespace) -> dict[str, Any]:
     saved = []
     for rank in range(min(args.gallery_save, len(results))):
         path = out_dir / f"sag_{rank}.png"
-        results[rank].save_png(path, dpi=80, title="hand-made two-route model")
+        save_sag_png(results[rank], path, dpi=80, title="hand-made two-route model")
         saved.append({"path": str(path), "bytes": path.stat().st_size, "dnf": results[rank].dnf})
     return {
         "images": len(results),

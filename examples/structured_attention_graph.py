@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lightning_xai.attr import StructuredAttentionGraph
 from lightning_xai.data import ShapesDataModule, ShapesDataset
 from lightning_xai.modules import ImageClassifier
+from lightning_xai.viz import save_sag_png
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             f"image {i} ({pairs.classes[result.target]}, p = {result.p_full:.3f}): {result.dnf or 'no root'}; "
             f"roots within object(s) {', '.join(on) or 'none'}; {len(result.nodes)} graph nodes"
         )
-        paths.append(result.save_png(args.out / f"sag_{i}.png", dpi=100 if not args.smoke else 60))
+        paths.append(save_sag_png(result, args.out / f"sag_{i}.png", dpi=100 if not args.smoke else 60))
     print(f"wrote {len(paths)} graphs to {args.out}")
     return paths
 

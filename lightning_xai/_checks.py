@@ -127,3 +127,11 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
         want = "non-negative" if allow_zero else "positive"
         raise ValueError(f"`{name}` must be a {want} number, got {value!r}")
+
+
+def check_internal_batch_size(value: object, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        want = "None or a positive int" if allow_none else "a positive int"
+        raise ValueError(f"`internal_batch_size` must be {want}, got {value!r}")

@@ -111,14 +111,6 @@ def check_baselines_not_target(baselines: object) -> None:
         )
 
 
-def check_internal_batch_size(value: object, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        want = "None or a positive int" if allow_none else "a positive int"
-        raise ValueError(f"`internal_batch_size` must be {want}, got {value!r}")
-
-
 def chunk_bounds(total: int, chunk: int | None) -> Iterator[tuple[int, int]]:
     """``(begin, stop)`` of consecutive chunks of at most ``chunk`` rows (None: one chunk)."""
     size = total if chunk is None else chunk

@@ -25,10 +25,15 @@ import torch.nn.functional as F
 from captum.attr import LayerAttribution
 from torch import Tensor, nn
 
-from .._checks import check_in_choices, check_inputs_on_model_device, describe, format_target
+from .._checks import (
+    check_in_choices,
+    check_inputs_on_model_device,
+    check_internal_batch_size,
+    describe,
+    format_target,
+)
 from ..explain import preserved_state, require_grad_mode
-from ..explain.hooks import ActivationTap, forward_hook
-from ..metrics.functional.avx import (
+from ..explain.avx import (
     AVX_KEYS,
     AdForm,
     MaskMode,
@@ -38,9 +43,9 @@ from ..metrics.functional.avx import (
     _runner_up,
     check_avx_args,
 )
+from ..explain.hooks import ActivationTap, forward_hook
 from ..models import LogitsForward, check_logits, resolve_layer
 from ._common import (
-    check_internal_batch_size,
     chunk_bounds,
     format_additional_forward_args,
     format_inputs,

@@ -15,9 +15,14 @@ import torch.nn.functional as F
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from .._checks import check_inputs_on_model_device, check_tensor, describe, format_target
-from ._common import (
+from .._checks import (
+    check_inputs_on_model_device,
     check_internal_batch_size,
+    check_tensor,
+    describe,
+    format_target,
+)
+from ._common import (
     chunk_bounds,
     format_additional_forward_args,
     format_inputs,

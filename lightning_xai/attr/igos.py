@@ -23,13 +23,18 @@ from captum.attr import GradientAttribution
 from torch import Tensor
 from tqdm import tqdm
 
-from .._checks import check_inputs_on_model_device, check_tensor, describe, format_target
+from .._checks import (
+    check_inputs_on_model_device,
+    check_internal_batch_size,
+    check_tensor,
+    describe,
+    format_target,
+)
 from ..explain import make_baseline, preserved_state, require_grad_mode, upsample_mask
 from ..models import LogitsForward, check_logits
 from ._common import (
     Score,
     check_baselines_not_target,
-    check_internal_batch_size,
     chunk_bounds,
     clean_scores,
     format_additional_forward_args,

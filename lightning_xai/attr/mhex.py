@@ -9,11 +9,17 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor
 
-from .._checks import check_inputs_on_model_device, check_positive, check_tensor, describe, format_target
+from .._checks import (
+    check_inputs_on_model_device,
+    check_internal_batch_size,
+    check_positive,
+    check_tensor,
+    describe,
+    format_target,
+)
 from ..heads.mhex import LayerWeights, MHEXHandle, MHEXHeads, find_mhex
 from ..models import LogitsForward, check_logits
 from ._common import (
-    check_internal_batch_size,
     chunk_bounds,
     format_additional_forward_args,
     format_output,

@@ -27,12 +27,18 @@ from captum.attr import PerturbationAttribution
 from torch import Tensor
 from tqdm import tqdm
 
-from .._checks import check_inputs_on_model_device, check_tensor, describe, format_target
+from .._checks import (
+    check_inputs_on_model_device,
+    check_internal_batch_size,
+    check_tensor,
+    describe,
+    format_target,
+)
+from .._deprecation import warn_deprecated
 from ..explain import compose, preserved_state, upsample_mask
 from ..models import LogitsForward, check_logits
 from ._common import (
     check_baselines_not_target,
-    check_internal_batch_size,
     chunk_bounds,
     clean_scores,
     format_additional_forward_args,
@@ -251,7 +257,8 @@ class SAG:
 
     @property
     def graph(self) -> Any:
-        """The graph as a ``networkx.DiGraph`` (built on each access, see :meth:`to_networkx`)."""
+        """Deprecated: :meth:`to_networkx` (a new graph on each access)."""
+        warn_deprecated("SAG.graph", "SAG.to_networkx()")
         return self.to_networkx()
 
     def to_networkx(self) -> Any:
@@ -273,23 +280,31 @@ class SAG:
         size = self.image.shape[-2:]
         return patch_masks([set(patches)], self.grid_size, size, self.patch_interpolation)[0, 0]
 
+    # Drawing lives in lightning_xai.viz, above this module; these shims keep the earlier methods working.
     def render(self, **style: Any) -> Any:
-        """A matplotlib Figure of the graph (see :func:`lightning_xai.viz.render_sag` for ``style``)."""
+        """Deprecated: :func:`lightning_xai.viz.render_sag`."""
+        warn_deprecated("SAG.render()", "lightning_xai.viz.render_sag(sag)")
         from ..viz.sag import render_sag
 
         return render_sag(self, **style)
 
-    plot = render
+    def plot(self, **style: Any) -> Any:
+        """Deprecated: :func:`lightning_xai.viz.render_sag`."""
+        warn_deprecated("SAG.plot()", "lightning_xai.viz.render_sag(sag)")
+        from ..viz.sag import render_sag
+
+        return render_sag(self, **style)
 
     def save_png(self, path: str | Path, dpi: int = 150, **style: Any) -> Path:
-        """Render the graph and write it as a PNG; returns the path."""
+        """Deprecated: :func:`lightning_xai.viz.save_sag_png`."""
+        warn_deprecated("SAG.save_png()", "lightning_xai.viz.save_sag_png(sag, path)")
         from ..viz.sag import save_sag_png
 
         return save_sag_png(self, path, dpi=dpi, **style)
 
     def to_dot(self, image_dir: str | Path | None = None) -> str:
-        """The graph in Graphviz DOT (Graphviz itself is not needed to write it); with ``image_dir``, every
-        node's thumbnail is written there as a PNG and referenced from the node."""
+        """Deprecated: :func:`lightning_xai.viz.sag_to_dot`."""
+        warn_deprecated("SAG.to_dot()", "lightning_xai.viz.sag_to_dot(sag)")
         from ..viz.sag import sag_to_dot
 
         return sag_to_dot(self, image_dir=image_dir)

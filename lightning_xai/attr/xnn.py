@@ -9,11 +9,10 @@ import torch
 from captum.attr import Attribution
 from torch import Tensor, nn
 
-from .._checks import check_inputs_on_model_device, describe, format_target
+from .._checks import check_inputs_on_model_device, check_internal_batch_size, describe, format_target
 from ..explain import grad_cam
 from ..models import resolve_layer
 from ._common import (
-    check_internal_batch_size,
     chunk_bounds,
     format_additional_forward_args,
     format_inputs,

@@ -5,7 +5,7 @@ loss: ``v_i = 1 − E(x_i, x̂_i)``, ``w_i = clip(v_i / mean v, 0.1, 5)``, ``L =
 reuses the library's building blocks: :func:`~lightning_xai.explain.grad_cam`,
 :func:`~lightning_xai.explain.background_pgd` and the functional core of
 :class:`~lightning_xai.metrics.ExplanationConsistency`. The weights reach the module's own loss through the loss
-tap (:mod:`lightning_xai.callbacks.loss_tap`). The defaults are the library's (the paper does not give them);
+tap (:mod:`lightning_xai.losses`). The defaults are the library's (the paper does not give them);
 see ``docs/methods/ece.md``.
 """
 
@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .._checks import check_in_choices, check_positive, check_tensor, describe
 from ..data.batch import Batch, split_batch
 from ..explain import background_pgd, grad_cam, preserved_state, require_grad_mode
+from ..losses import LossTap
 from ..metrics.functional.consistency import Similarity, _explanation_consistency_update
 from ..models import find_network, logits_of, resolve_layer
-from .loss_tap import LossTap
 
 __all__ = [
     "ConsistencyScores",
@@ -246,7 +246,7 @@ class ExplanationConsistencyReweighting(Callback):
             module itself when it defines ``forward``, else its shallowest timm / torchvision / Hugging Face
             submodule, whatever its name.
         loss_attr: attribute holding the loss; when None, ``criterion``, ``loss_fn``, ``loss_func``, else the
-            loss functions called inside ``training_step`` (see :mod:`lightning_xai.callbacks.loss_tap`).
+            loss functions called inside ``training_step`` (see :mod:`lightning_xai.losses`).
         batch_adapter: reads inputs, targets and indices from batches (see :func:`~lightning_xai.data.split_batch`).
         log_histogram: log the weight histogram where the logger can show one.
 

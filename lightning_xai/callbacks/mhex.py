@@ -23,8 +23,8 @@ from ..heads.mhex import (
     inject_mhex,
     lambda_list,
 )
+from ..losses import LossParts, LossTap
 from ..models.layers import find_network
-from .loss_tap import LossParts, LossTap
 
 __all__ = ["MultiHeadExplainer"]
 
@@ -48,7 +48,7 @@ class MultiHeadExplainer(Callback):
     In ``setup`` (before the optimisers are configured, so the new parameters are trained) the heads are injected
     into the module's classifier (``self.model`` or ``model_attr``) with :func:`~lightning_xai.heads.inject_mhex`,
     and the module's loss attribute (``self.criterion`` / ``loss_fn`` / ``loss_func``, or ``loss_attr``) is tapped
-    (see :mod:`lightning_xai.callbacks.loss_tap`). Each training loss then becomes
+    (see :mod:`lightning_xai.losses`). Each training loss then becomes
     ``ℓ(z_main, y) + Σ_l λ_l ℓ(z_l, y)`` with the module's own criterion ``ℓ``. Logs ``train_head_<stage>_loss``,
     ``train_head_<stage>_acc`` and ``val_head_<stage>_acc``. On ``teardown`` the loss attribute is restored;
     the heads stay (in-path gates are part of the trained model), so that
@@ -61,7 +61,7 @@ class MultiHeadExplainer(Callback):
         model_attr: attribute (or dotted path) of the module holding the classifier; when None, the shallowest
             timm / torchvision / Hugging Face submodule, whatever its name (``model``, ``net``, ``backbone`` …).
         loss_attr: attribute holding the loss; when None, ``criterion``, ``loss_fn``, ``loss_func``, else the
-            loss functions called inside ``training_step`` (see :mod:`lightning_xai.callbacks.loss_tap`), else
+            loss functions called inside ``training_step`` (see :mod:`lightning_xai.losses`), else
             the heads' cross-entropy added to the loss ``training_step`` returns.
         batch_adapter: reads the targets of validation batches for the head accuracies (see
             :func:`~lightning_xai.data.split_batch`).

@@ -10,7 +10,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from .._checks import check_in_choices
+from .._checks import check_in_choices, check_internal_batch_size
+from ..explain.avx import _average_drop_update
 from ..explain.baselines import BaselineSpec
 from ..models import LogitsForward
 from ._common import ChannelReduction, Score
@@ -20,14 +21,12 @@ from .functional.faithfulness import (
     Normalize,
     Preset,
     Resolution,
-    _average_drop_update,
     _confidence_update,
     _increase_in_confidence_update,
     _mean_compute,
     _perturbation_curve_compute,
     _perturbation_curve_update,
     check_confidence_args,
-    check_internal_batch_size,
     curve_settings,
 )
 
@@ -81,7 +80,7 @@ class _PerturbationCurve(_ForwardHolder, Metric):
         )
         check_in_choices("channel_reduction", channel_reduction, ("sum", "sum_abs", "max_abs"))
         check_in_choices("score", score, ("softmax", "logit"))
-        check_internal_batch_size(internal_batch_size)
+        check_internal_batch_size(internal_batch_size, allow_none=False)
         self._set_forward(forward_func)
         self.channel_reduction = channel_reduction
         self.score = score

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import describe, format_target
-from ..callbacks.loss_tap import SampleWeightedLossMixin
 from ..data.batch import Batch, split_batch
 from ..heads.mhex import (
     GateCalibration,
@@ -27,6 +26,7 @@ from ..heads.mhex import (
     inject_mhex,
     lambda_list,
 )
+from ..losses import SampleWeightedLossMixin
 from ..models import logits_of
 
 __all__ = ["MHEXClassifier", "forward_kwargs"]

@@ -20,8 +20,8 @@ from lightning_xai.callbacks import (
     MultiHeadExplainer,
     find_loss_tap,
 )
-from lightning_xai.callbacks.loss_tap import INLINE_LOSSES
 from lightning_xai.heads import find_mhex
+from lightning_xai.losses import INLINE_LOSSES
 from lightning_xai.models import find_network, small_resnet
 
 pytestmark = [

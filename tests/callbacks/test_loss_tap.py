@@ -278,3 +278,17 @@ def test_terms_get_the_criterion_with_the_calls_options():
     tap.release(owner)
     own = F.cross_entropy(LOGITS, LABELS, weight=weight, label_smoothing=0.2)
     assert torch.allclose(seen[0], own) and torch.allclose(loss, 2 * own)
+
+
+def test_the_loss_tap_names_still_import_from_their_old_module():
+    import importlib
+    import sys
+
+    import lightning_xai.losses as new
+
+    sys.modules.pop("lightning_xai.callbacks.loss_tap", None)
+    with pytest.warns(DeprecationWarning, match=r"lightning_xai\.losses"):
+        old = importlib.import_module("lightning_xai.callbacks.loss_tap")
+
+    for name in new.__all__:
+        assert getattr(old, name) is getattr(new, name)

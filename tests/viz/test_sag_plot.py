@@ -70,18 +70,17 @@ def test_render_draws_one_panel_per_node(sag):
         assert len(fig.patches) + len(fig.artists) >= len(sag.edges)  # one arrow per edge
     finally:
         plt.close(fig)
-    fig = sag.render(show_image=False, caption=False, max_per_row=1)
+    fig = render_sag(sag, show_image=False, caption=False, max_per_row=1)
     try:
         rows = {a["level"] for a in sag.nodes.values()}
         assert len(fig.axes) == len(rows)
     finally:
         plt.close(fig)
-    assert sag.plot == sag.render
 
 
 def test_png_is_decodable_and_shows_the_graph(sag, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "graphviz", None)  # Graphviz is not needed
-    path = sag.save_png(tmp_path / "sag.png", dpi=80)
+    path = save_sag_png(sag, tmp_path / "sag.png", dpi=80)
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     pixels = matplotlib.image.imread(path)[..., :3]
     assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
@@ -105,7 +104,7 @@ def test_thumbnail_dims_everything_but_the_patches(sag):
 
 
 def test_dot_text_has_every_node_and_edge(sag, tmp_path):
-    dot = sag.to_dot()
+    dot = sag_to_dot(sag)
     assert dot.startswith("digraph SAG {") and dot.rstrip().endswith("}")
     assert len(re.findall(r"^\s+n\d+ \[label=", dot, flags=re.M)) == len(sag.nodes)
     assert len(re.findall(r"->", dot)) == len(sag.edges)
@@ -120,8 +119,22 @@ def test_save_sag_png_and_empty_graph(sag, tmp_path):
     path = save_sag_png(sag, tmp_path / "deep" / "g.png", dpi=50)
     assert path.exists()
     empty = type(sag)(**{**sag.__dict__, "roots": [], "nodes": {}, "edges": [], "dnf": ""})
-    fig = empty.render()
+    fig = render_sag(empty)
     try:
         assert any("no sufficient" in t.get_text() for t in fig.texts)
     finally:
         plt.close(fig)
+
+
+def test_the_earlier_drawing_methods_warn_and_still_draw(sag, tmp_path):
+    for method in ("render", "plot"):
+        with pytest.warns(DeprecationWarning, match=r"viz\.render_sag"):
+            fig = getattr(sag, method)(show_image=False)
+        assert len(fig.axes) == len(sag.nodes)
+        plt.close(fig)
+    with pytest.warns(DeprecationWarning, match=r"viz\.save_sag_png"):
+        assert sag.save_png(tmp_path / "old.png", dpi=40).exists()
+    with pytest.warns(DeprecationWarning, match=r"viz\.sag_to_dot"):
+        assert sag.to_dot() == sag_to_dot(sag)
+    with pytest.warns(DeprecationWarning, match=r"to_networkx"):
+        assert set(sag.graph.nodes) == set(sag.to_networkx().nodes)

@@ -20,6 +20,7 @@ from torch import Tensor
 from ..._checks import (
     check_in_choices,
     check_inputs_on_model_device,
+    check_internal_batch_size,
     check_positive,
     check_same_device,
     check_tensor,
@@ -27,6 +28,7 @@ from ..._checks import (
     format_target,
 )
 from ...explain import make_baseline
+from ...explain.avx import _average_drop_update
 from ...explain.baselines import BaselineSpec
 from ...models import LogitsForward, check_logits
 from .._common import (
@@ -66,8 +68,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
         "integration": "trapezoid",
     },
 }
-
-_AD_EPS = 1e-7
 
 
 @dataclass(frozen=True)
@@ -145,11 +145,6 @@ def curve_settings(
     return CurveSettings(
         mode, resolution, cells_per_step, baseline, blur_kernel, float(blur_sigma), integration
     )
-
-
-def check_internal_batch_size(value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`internal_batch_size` must be a positive int, got {value!r}")
 
 
 def _forward_of(forward_func: Callable[..., Any]) -> tuple[LogitsForward, torch.nn.Module | None]:
@@ -235,7 +230,7 @@ def _perturbation_curve_update(
     (n_0 = 0) exactly when J' = J + 1.
     """
     check_in_choices("score", score, ("softmax", "logit"))
-    check_internal_batch_size(internal_batch_size)
+    check_internal_batch_size(internal_batch_size, allow_none=False)
     inputs, maps = _check_inputs_and_maps(inputs, attributions, channel_reduction)
     batch, _, height, width = inputs.shape
     formatted = format_target(target, batch, None, inputs.device)
@@ -519,7 +514,7 @@ def check_confidence_args(normalize: str, form: str, score: str, internal_batch_
     check_in_choices("normalize", normalize, ("minmax", "max", "none"))
     check_in_choices("form", form, ("standard", "reference"))
     check_in_choices("score", score, ("softmax", "logit"))
-    check_internal_batch_size(internal_batch_size)
+    check_internal_batch_size(internal_batch_size, allow_none=False)
 
 
 def _explanation_weights(maps: Tensor, normalize: Normalize) -> Tensor:
@@ -580,11 +575,6 @@ def _confidence_update(
     y = clean.gather(1, formatted[:, None])[:, 0]
     o = explained.amax(1) if form == "reference" else explained.gather(1, formatted[:, None])[:, 0]
     return _at_least_float32(y), _at_least_float32(o)
-
-
-def _average_drop_update(y: Tensor, o: Tensor) -> Tensor:
-    """Per-sample drop ``max(0, y - o) / (y + 1e-7)``."""
-    return (y - o).clamp(min=0) / (y + _AD_EPS)
 
 
 def _increase_in_confidence_update(y: Tensor, o: Tensor) -> Tensor:

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from .demo import DemoConfig, curves_figure, explain_all, graphs, overlays_figure
-from .viz.report import HTMLReport
+from ..viz.report import HTMLReport
+from .config import DemoConfig
+from .synthetic import curves_figure, explain_all, graphs, overlays_figure
 
 #: (label in the report, model key, method name) of the real-photo section.
 REAL_METHODS: tuple[tuple[str, str, str], ...] = (
@@ -24,8 +25,8 @@ REAL_METHODS: tuple[tuple[str, str, str], ...] = (
 def explain_photos(config: DemoConfig) -> dict[str, Any]:
     """Explain :attr:`DemoConfig.real_photos` for their objects' ImageNet classes; returns the rows of the
     photos and of the methods, the maps, the mean curves, the graphs and the seconds taken."""
-    from .data import load_photos
-    from .models import pretrained
+    from ..data import load_photos
+    from ..models import pretrained
 
     started = time.perf_counter()
     model = pretrained("efficientnet_lite0")
