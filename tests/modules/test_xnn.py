@@ -18,12 +18,12 @@ from lightning_xai.models import small_cnn
 from lightning_xai.modules import XNN, ImageClassifier, fit_xnn
 from lightning_xai.modules.xnn import (
     XNNNetwork,
-    _centre_biases,
     balance_check,
     prediction_loss,
     pull_away_term,
     sparse_reconstruction_loss,
 )
+from lightning_xai.modules.xnn._helpers import _centre_biases
 
 TRAINER = dict(
     logger=False,
