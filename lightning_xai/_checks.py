@@ -1,7 +1,7 @@
 """Argument validation shared by every public entry point.
 
 Each check raises a ``ValueError`` or ``TypeError`` that names the argument, what was expected and
-what came, before any work starts (see DESIGN.md, "Errors").
+what came, before any work starts.
 """
 
 from __future__ import annotations

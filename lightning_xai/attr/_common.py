@@ -2,7 +2,7 @@
 arguments, targets, chunked model calls, noise generators and model-state warnings.
 
 Every method formats its arguments with these helpers, so that all of them accept the same things and fail
-with the same messages (see DESIGN.md, "Captum contract" and "Errors").
+with the same messages.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ADVISE: adaptive feature relevance and visual explanations (Dehshibi, Ashtari-Majlan, Adhane, Masip;
-arXiv 2203.01289), as a Captum layer attribution. Spec: ``specs/advise.md``.
+arXiv 2203.01289), as a Captum layer attribution. Documented in ``docs/methods/advise.md``.
 
 Per image, at a feature layer ``A`` (C × h × w):
 

@@ -1,4 +1,4 @@
-"""I-GOS and iGOS++: saliency masks optimised with integrated gradients (spec: ``specs/igos.md``).
+"""I-GOS and iGOS++: saliency masks optimised with integrated gradients (``docs/methods/igos.md``).
 
 Both methods look for a low-resolution mask ``M`` (1 = keep a pixel, 0 = show the baseline there) whose
 deletion lowers the target's score, descending along an *integrated* gradient: the gradient averaged over the

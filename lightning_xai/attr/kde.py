@@ -1,7 +1,7 @@
 """Locally adaptive kernel density estimation (Shimazaki & Shinomoto, J. Comput. Neurosci. 29:171–182, 2010),
 batched over many series, and the peak count that ADVISE uses as a unit-relevance descriptor.
 
-The estimator is configured as ADVISE configures ``ssvkernel`` (spec ``specs/advise.md`` §2): ``M`` widths
+The estimator is configured as ADVISE configures ``ssvkernel``: ``M`` widths
 serve both as kernel bandwidths and as Gaussian windows, and the stiffness ``γ`` of the variable bandwidth is
 chosen by a golden-section search on the estimated L2 risk. Every step is one tensor program over all series
 at once:

@@ -1,4 +1,4 @@
-"""Structured Attention Graphs: several minimal sufficient explanations per image (spec: ``specs/sag.md``).
+"""Structured Attention Graphs: several minimal sufficient explanations per image (``docs/methods/sag.md``).
 
 A classifier often has more than one way to reach a confident prediction. SAG (Shitole et al., NeurIPS 2021,
 arXiv 2011.06733) divides the image into a g×g grid of patches and searches, by beam search over patch sets

@@ -1,4 +1,4 @@
-"""Heatmaps of XNN concepts behind Captum's ``Attribution`` interface (spec: ``specs/xnn.md`` §7)."""
+"""Heatmaps of XNN concepts behind Captum's ``Attribution`` interface (``docs/methods/xnn.md``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ADVISE: the acceptance checks of specs/advise.md §7.4–7.9 and the Captum contract.
+"""ADVISE: the acceptance checks of the method's specification and the Captum contract.
 
 The KDE itself is tested in ``test_kde.py``; the AVX protocol on hand cases in ``tests/metrics/test_avx.py``
 (a miss with a failed CS check gives 0, |CS| = 0.55 passes, a NaN CS is stored as 0 and fails, both AD forms).

@@ -1,4 +1,4 @@
-"""I-GOS, iGOS+ and iGOS++: the acceptance checks of specs/igos.md §8 and the Captum contract.
+"""I-GOS, iGOS+ and iGOS++: the acceptance checks of the method's specification and the Captum contract.
 
 Models are tiny and images 16–32 px, so the whole file runs in well under a minute on two cores.
 """

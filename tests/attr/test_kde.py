@@ -1,4 +1,4 @@
-"""The batched locally adaptive KDE of ADVISE (specs/advise.md §2, §3, §7.1–7.3).
+"""The batched locally adaptive KDE of ADVISE (the method's specification).
 
 The reference is the PyPI package ``adaptivekde`` (``ssvkernel``, a port of Shimazaki's code), configured as ADVISE
 configures it: ``M = 10`` and a Gauss window. Its definitions of the span and of the smallest sample gap use

@@ -1,4 +1,4 @@
-"""Structured Attention Graphs: the acceptance checks of specs/sag.md §6, the search against a plain
+"""Structured Attention Graphs: the acceptance checks of the method's specification, the search against a plain
 one-image reference implementation, and the Captum contract.
 
 Models are tiny (a hand-made two-route model and a small random CNN), images 16–48 px and grids 4–6, so the

@@ -1,4 +1,4 @@
-"""XNN: the acceptance checks of specs/xnn.md §9 and the issue's claims (faithfulness, non-negative concepts,
+"""XNN: the acceptance checks of the method's specification and the issue's claims (faithfulness, non-negative concepts,
 pull-away, frozen backbone, part localisation). Models are tiny; the file runs in about a minute on two cores."""
 
 from __future__ import annotations

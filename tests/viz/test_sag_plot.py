@@ -1,4 +1,4 @@
-"""Drawing structured attention graphs: the figure, the PNG (its pixels), DOT text (specs/sag.md §5, §6.9)."""
+"""Drawing structured attention graphs: the figure, the PNG (its pixels), DOT text (the method's specification)."""
 
 from __future__ import annotations
 
