@@ -214,9 +214,6 @@ class ADVISE(LayerAttribution):
         self.top_k = top_k
         self._logits = LogitsForward(forward_func)
 
-    def has_convergence_delta(self) -> bool:
-        return False
-
     # ------------------------------------------------------------------------------------------------------
 
     def _to_pixels(self, inputs: Tensor) -> Tensor:

@@ -124,9 +124,6 @@ class SelectorAttribution(Attribution):
             )
         self.selector = selector
 
-    def has_convergence_delta(self) -> bool:
-        return False
-
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

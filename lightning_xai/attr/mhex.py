@@ -87,9 +87,6 @@ class MHEXAttribution(Attribution):
         self.token_smoothing_sigma = float(token_smoothing_sigma)
         self._logits = LogitsForward(forward_func)
 
-    def has_convergence_delta(self) -> bool:
-        return False
-
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

@@ -64,9 +64,6 @@ class XNNConceptAttribution(Attribution):
             raise TypeError(f"`forward_func` must be a concept model or an XNN, got {describe(forward_func)}")
         super().__init__(forward_func)
 
-    def has_convergence_delta(self) -> bool:
-        return False
-
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
