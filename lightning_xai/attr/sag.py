@@ -283,14 +283,14 @@ class SAG:
     # Drawing lives in lightning_xai.viz, above this module; these shims keep the earlier methods working.
     def render(self, **style: Any) -> Any:
         """Deprecated: :func:`lightning_xai.viz.render_sag`."""
-        warn_deprecated("SAG.render()", "lightning_xai.viz.render_sag(sag)")
-        from ..viz.sag import render_sag
-
-        return render_sag(self, **style)
+        return self._render_deprecated("SAG.render()", style)
 
     def plot(self, **style: Any) -> Any:
         """Deprecated: :func:`lightning_xai.viz.render_sag`."""
-        warn_deprecated("SAG.plot()", "lightning_xai.viz.render_sag(sag)")
+        return self._render_deprecated("SAG.plot()", style)
+
+    def _render_deprecated(self, old: str, style: dict[str, Any]) -> Any:
+        warn_deprecated(old, "lightning_xai.viz.render_sag(sag)", stacklevel=4)
         from ..viz.sag import render_sag
 
         return render_sag(self, **style)

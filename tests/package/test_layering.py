@@ -56,9 +56,14 @@ _PARTS = {
 }
 
 
+def _relative_base(path: Path, level: int) -> list[str]:
+    """The package that ``from <level dots> import`` in ``path`` starts from, as name pieces."""
+    package = ["lightning_xai", *path.relative_to(PACKAGE).parent.parts]
+    return package[: len(package) - level + 1]
+
+
 def _imported_parts(path: Path) -> set[str]:
     """The top-level parts of lightning_xai that ``path`` imports (absolute or relative, at any depth)."""
-    package = ["lightning_xai", *path.relative_to(PACKAGE).parent.parts]
     parts = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names: list[str] = []
@@ -66,7 +71,7 @@ def _imported_parts(path: Path) -> set[str]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[: len(package) - node.level + 1]
+                base = _relative_base(path, node.level)
                 module = ".".join([*base, node.module] if node.module else base)
                 names = [module] if node.module else [f"{module}.{alias.name}" for alias in node.names]
             elif node.module:
@@ -86,9 +91,8 @@ def _resolves(name: str) -> bool:
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_relative_imports_name_modules_that_exist(path):
     """Checked without running the code: a lazy import inside a function fails only when it runs."""
-    package = ["lightning_xai", *path.relative_to(PACKAGE).parent.parts]
     names = [
-        ".".join([*package[: len(package) - node.level + 1], node.module])
+        ".".join([*_relative_base(path, node.level), node.module])
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.ImportFrom) and node.level and node.module
     ]
