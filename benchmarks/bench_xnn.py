@@ -4,8 +4,9 @@ For each seed, in this one process:
 
 1. ``TwoPartDataset`` (32 px): the positive class needs both part A (a red circle) and part B (a blue square);
    negatives show one part, alone or beside a distractor. 768 training and 256 held-out images.
-2. A tiny CNN (3 conv layers, 16/32/32 channels, global max pooling, linear head) is trained for 10 epochs
-   and then frozen. Its held-out accuracy is reported.
+2. A tiny CNN (3 conv layers, 16/32/32 channels, global max pooling, linear head) is trained for 20 epochs
+   (AdamW, lr 3e-3) and then frozen. Its held-out accuracy is reported, and a warning names every seed whose
+   backbone is below 0.9 (its figures are then not evidence).
 3. An ``XNN`` (k = 5, hidden 800/100, ``pretrain_epochs`` per stage) explains the logit of the positive class
    from the penultimate (pooled) features; every setting below starts from the same seed.
 4. **Cost**: each XNN training epoch is timed, and right after it one epoch of the frozen backbone's forward pass
@@ -84,7 +85,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--train-size", type=int, default=768)
     parser.add_argument("--test-size", type=int, default=256)
-    parser.add_argument("--backbone-epochs", type=int, default=10)
+    parser.add_argument("--backbone-epochs", type=int, default=20)
+    parser.add_argument("--backbone-lr", type=float, default=3e-3)
     parser.add_argument("--xnn-epochs", type=int, default=15)
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=50)
@@ -146,7 +148,7 @@ def run_seed(seed: int, args: argparse.Namespace) -> dict:
     data = {"image_size": args.image_size, "negatives": args.negatives.split(","), "seed": seed}
     train = stack(TwoPartDataset(args.train_size, **data))
     test = stack(TwoPartDataset(args.test_size, split="test", **data))
-    classifier = ImageClassifier(small_cnn(pool=args.pool), num_classes=2, lr=1e-2)
+    classifier = ImageClassifier(small_cnn(pool=args.pool), num_classes=2, lr=args.backbone_lr)
     L.Trainer(max_epochs=args.backbone_epochs, **TRAINER).fit(
         classifier, DataLoader(TensorDataset(train["image"], train["label"]), batch_size=32, shuffle=True)
     )
@@ -223,10 +225,15 @@ def main() -> None:
     print(
         f"settings: {args.image_size} px, negatives {args.negatives}, {args.train_size} train / "
         f"{args.test_size} held-out images, tiny CNN ({args.pool} pooling) "
-        f"{args.backbone_epochs} epochs, XNN k=5 hidden 800/100, {args.pretrain_epochs} pretraining epochs per "
+        f"{args.backbone_epochs} epochs at lr {args.backbone_lr}, XNN k=5 hidden 800/100, {args.pretrain_epochs} pretraining epochs per "
         f"stage, {args.xnn_epochs} epochs, batch {args.batch_size}, seeds {args.seeds}\n"
     )
-    print(f"backbone held-out accuracy: {mean_std([r['backbone_accuracy'] for r in results])}\n")
+    accuracies = [r["backbone_accuracy"] for r in results]
+    print(f"backbone held-out accuracy: {mean_std(accuracies)} (min {min(accuracies):.3f})")
+    weak = [r["seed"] for r in results if r["backbone_accuracy"] < 0.9]
+    if weak:
+        print(f"WARNING: backbones below 0.9 held-out accuracy in seeds {weak}: their rows are not evidence")
+    print()
     print(f"| | {' | '.join(title for _, title, *_ in VARIANTS)} |")
     print(f"|---|{'---|' * len(VARIANTS)}")
     rows = [

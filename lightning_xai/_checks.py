@@ -6,6 +6,7 @@ what came, before any work starts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -122,11 +123,47 @@ def check_in_choices(name: str, value: object, choices: Sequence[object]) -> Non
         raise ValueError(f"`{name}` must be one of {list(choices)}, got {value!r}")
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok:
-        want = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"`{name}` must be a {want} number, got {value!r}")
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float = 0.0,
+    strict: bool = False,
+    high: float | None = None,
+    want: str | None = None,
+) -> float:
+    """A finite real number ``>= low`` (``> low`` with ``strict``) and, when ``high`` is given, ``< high``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if strict else value >= low) and (high is None or value < high)
+    if not ok:
+        if want is None:
+            want = f"a finite number {'>' if strict else '>='} {low}" + (
+                "" if high is None else f" and < {high}"
+            )
+        raise ValueError(f"`{name}` must be {want}, got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    want = "a non-negative number" if allow_zero else "a positive number"
+    return check_number(name, value, strict=not allow_zero, want=want)
+
+
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    """An int (not a bool) in ``[minimum, maximum]``; a ``TypeError`` for any other type."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {describe(value)}")
+    if value < minimum or (maximum is not None and value > maximum):
+        want = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"`{name}` must be an int {want}, got {value!r}")
+    return value
+
+
+def check_flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {describe(value)}")
+    return value
 
 
 def check_internal_batch_size(value: object, *, allow_none: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 from .advise import ADVISE, ADVISEDetails
 from .comet import SelectorAttribution
-from .igos import IGOS, IGOSPlusPlus
+from .igos import IGOS, IGOSOptions, IGOSPlusPlus, IGOSPlusPlusOptions
 from .mhex import MHEXAttribution
 from .sag import SAG, StructuredAttentionGraph
 from .xnn import XNNConceptAttribution
@@ -12,7 +12,9 @@ __all__ = [
     "IGOS",
     "SAG",
     "ADVISEDetails",
+    "IGOSOptions",
     "IGOSPlusPlus",
+    "IGOSPlusPlusOptions",
     "MHEXAttribution",
     "SelectorAttribution",
     "StructuredAttentionGraph",

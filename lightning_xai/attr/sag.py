@@ -28,8 +28,12 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .._checks import (
+    check_flag,
+    check_in_choices,
     check_inputs_on_model_device,
+    check_int,
     check_internal_batch_size,
+    check_number,
     check_tensor,
     describe,
     format_target,
@@ -48,7 +52,7 @@ from ._common import (
     select_forward_args,
     warn_if_training,
 )
-from .igos import IGOS, _check_choice, _check_flag, _check_int, _check_number
+from .igos import IGOS, IGOSOptions
 
 __all__ = ["SAG", "StructuredAttentionGraph", "parse_dnf", "patch_cells", "patch_masks", "select_diverse"]
 
@@ -61,16 +65,17 @@ ChildSelection = Literal["first_by_index", "largest_drop"]
 MAX_SELECTION_CANDIDATES = 64
 
 # The I-GOS settings of the reference's heuristic ordering (spec §2.1).
-_IGOS_DEFAULTS: dict[str, Any] = {
-    "n_iterations": 2,
-    "n_steps": 20,
-    "l1_coeff": 1.0,
-    "tv_coeff": 20.0,
-    "max_step": 200.0,
-    "line_search": "plain",
-    "l1_schedule": False,
-    "noise_std": 0.2,
-}
+_SET_BY_SEARCH = {"mask_size", "seed", "internal_batch_size"}
+_IGOS_ORDERING = IGOSOptions(
+    n_iterations=2,
+    n_steps=20,
+    l1_coeff=1.0,
+    tv_coeff=20.0,
+    max_step=200.0,
+    line_search="plain",
+    l1_schedule=False,
+    noise_std=0.2,
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -596,29 +601,36 @@ class StructuredAttentionGraph(PerturbationAttribution):
         (x,), _ = format_inputs(inputs, max_tensors=1, ndim=4)
         batch = x.shape[0]
         height, width = x.shape[-2:]
-        grid_size = _check_int("grid_size", grid_size, 2)
+        grid_size = check_int("grid_size", grid_size, 2)
         if grid_size > min(height, width):
             raise ValueError(
                 f"`grid_size` must be at most the image side {min(height, width)}, got {grid_size}"
             )
         n_patches = grid_size * grid_size
-        tau = _check_number("prob_threshold", prob_threshold, strict=True)
-        beam_width = _check_int("beam_width", beam_width, 1)
-        num_successors = _check_int("num_successors", num_successors, 1)
-        max_roots = _check_int("max_roots", max_roots, 1)
-        depth_limit = n_patches if max_root_size is None else _check_int("max_root_size", max_root_size, 1)
+        tau = check_number("prob_threshold", prob_threshold, strict=True)
+        beam_width = check_int("beam_width", beam_width, 1)
+        num_successors = check_int("num_successors", num_successors, 1)
+        max_roots = check_int("max_roots", max_roots, 1)
+        depth_limit = n_patches if max_root_size is None else check_int("max_root_size", max_root_size, 1)
         depth_limit = min(depth_limit, n_patches)
-        overlap_threshold = _check_int("overlap_threshold", overlap_threshold, 0)
-        num_roots_shown = _check_int("num_roots_shown", num_roots_shown, 1)
-        node_threshold = _check_number("node_threshold", node_threshold)
-        max_children = _check_int("max_children", max_children, 1)
-        _check_choice("child_selection", child_selection, ("first_by_index", "largest_drop"))
-        _check_choice("minimize", minimize, ("best_first", "index_sweep"))
-        _check_choice("patch_interpolation", patch_interpolation, ("bilinear", "nearest"))
+        overlap_threshold = check_int("overlap_threshold", overlap_threshold, 0)
+        num_roots_shown = check_int("num_roots_shown", num_roots_shown, 1)
+        node_threshold = check_number("node_threshold", node_threshold)
+        max_children = check_int("max_children", max_children, 1)
+        check_in_choices("child_selection", child_selection, ("first_by_index", "largest_drop"))
+        check_in_choices("minimize", minimize, ("best_first", "index_sweep"))
+        check_in_choices("patch_interpolation", patch_interpolation, ("bilinear", "nearest"))
         check_internal_batch_size(internal_batch_size)
-        _check_flag("show_progress", show_progress)
+        check_flag("show_progress", show_progress)
         if heuristic_kwargs is not None and not isinstance(heuristic_kwargs, dict):
             raise TypeError(f"`heuristic_kwargs` must be a dict or None, got {describe(heuristic_kwargs)}")
+        if set(heuristic_kwargs or ()) & _SET_BY_SEARCH:
+            raise ValueError(
+                f"`heuristic_kwargs` cannot set {sorted(set(heuristic_kwargs) & _SET_BY_SEARCH)}: the search sets "
+                "them (`mask_size` from `grid_size`, and `seed`, `internal_batch_size`)"
+            )
+        if heuristic_kwargs:
+            _IGOS_ORDERING.replace(**heuristic_kwargs)  # names and values checked before any model call
         precomputed = self._check_heuristic(heuristic, batch, grid_size, x)
         format_target(target, batch, None, x.device)
         extra = format_additional_forward_args(additional_forward_args)
@@ -725,7 +737,7 @@ class StructuredAttentionGraph(PerturbationAttribution):
     @staticmethod
     def _check_heuristic(heuristic: object, batch: int, grid_size: int, x: Tensor) -> Tensor | None:
         if isinstance(heuristic, str):
-            _check_choice("heuristic", heuristic, ("igos",))
+            check_in_choices("heuristic", heuristic, ("igos",))
             return None
         if isinstance(heuristic, Tensor):
             check_tensor("heuristic", heuristic, floating=True)
@@ -774,17 +786,15 @@ class StructuredAttentionGraph(PerturbationAttribution):
                     f"a callable `heuristic` must return (B, h, w) or (B, 1, h, w) maps, got {describe(values)}"
                 )
             return F.adaptive_avg_pool2d(values.detach().to(x.dtype), grid_size)[:, 0]
-        settings = {**_IGOS_DEFAULTS, **heuristic_kwargs}
+        fixed = {"mask_size": grid_size, "seed": seed, "internal_batch_size": internal_batch_size}
+        options = _IGOS_ORDERING.replace(**heuristic_kwargs, **fixed)
         _, mask = self._igos.attribute(
             x,
-            target=labels,
             baselines=baseline,
+            target=labels,
             additional_forward_args=extra if extra else None,
-            mask_size=grid_size,
-            seed=seed,
-            internal_batch_size=internal_batch_size,
+            options=options,
             return_mask=True,
-            **settings,
         )
         # the ranking is by ascending mask value: most salient (most deleted) first
         return (1 - mask[:, 0]).detach()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_xai._checks import check_in_choices, describe
+from lightning_xai._checks import check_in_choices, check_int, describe
 
 __all__ = ["CUE_TINTS", "SHAPE_CLASSES", "SPLITS", "ShapesDataModule", "ShapesDataset", "agreement_rate"]
 
@@ -98,15 +98,6 @@ def agreement_rate(bias: float | None, num_classes: int) -> float:
     """Probability that the cue equals the label in a ``"train"`` or ``"val"`` split: ``bias``, or
     ``1 / num_classes`` for an independent cue (``bias=None``)."""
     return 1.0 / num_classes if bias is None else bias
-
-
-def _check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"`{name}` must be an int, got {describe(value)}")
-    if value < minimum or (maximum is not None and value > maximum):
-        want = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"`{name}` must be an int {want}, got {value!r}")
-    return value
 
 
 def _check_bias(value: object) -> float | None:
@@ -204,11 +195,11 @@ class ShapesDataset(Dataset):
         split: str = "train",
         seed: int = 0,
     ) -> None:
-        self.num_samples = _check_int("num_samples", num_samples, 0)
-        self.image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
-        self.num_classes = _check_int("num_classes", num_classes, 2, len(SHAPE_CLASSES))
+        self.num_samples = check_int("num_samples", num_samples, 0)
+        self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE)
+        self.num_classes = check_int("num_classes", num_classes, 2, len(SHAPE_CLASSES))
         self.bias = _check_bias(bias)
-        self.num_objects = _check_int("num_objects", num_objects, 1, 2)
+        self.num_objects = check_int("num_objects", num_objects, 1, 2)
         check_in_choices("split", split, SPLITS)
         self.split = split
         self.seed = _check_seed(seed)
@@ -316,7 +307,7 @@ class ShapesDataset(Dataset):
             >>> mean.shape, std.shape
             (torch.Size([3]), torch.Size([3]))
         """
-        _check_int("num_items", num_items, 1)
+        check_int("num_items", num_items, 1)
         n = min(num_items, self.num_samples)
         if n == 0:
             raise ValueError("`normalization` needs a non-empty dataset, got `num_samples=0`")
@@ -354,11 +345,11 @@ class ShapesDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_workers = check_int("num_workers", num_workers, 0)
         sizes = {"train": train_size, "val": val_size, "test": test_size}
         for split, n in sizes.items():
-            _check_int(f"{split}_size", n, 0)
+            check_int(f"{split}_size", n, 0)
         self._dataset_kwargs: dict[str, Any] = {
             "image_size": image_size,
             "num_classes": num_classes,

@@ -18,11 +18,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_xai._checks import check_in_choices, check_tensor
+from lightning_xai._checks import check_in_choices, check_int, check_tensor
 from lightning_xai.data.shapes import (
     SPLITS,
     _check_bias,
-    _check_int,
     _check_seed,
     _draw_cue,
     _item_generator,
@@ -101,13 +100,13 @@ class TokensDataset(Dataset):
         split: str = "train",
         seed: int = 0,
     ) -> None:
-        self.num_samples = _check_int("num_samples", num_samples, 0)
-        self.num_classes = _check_int("num_classes", num_classes, 2)
-        self.rationale_per_class = _check_int("rationale_per_class", rationale_per_class, 1)
-        self.max_rationale = _check_int("max_rationale", max_rationale, 1)
+        self.num_samples = check_int("num_samples", num_samples, 0)
+        self.num_classes = check_int("num_classes", num_classes, 2)
+        self.rationale_per_class = check_int("rationale_per_class", rationale_per_class, 1)
+        self.max_rationale = check_int("max_rationale", max_rationale, 1)
         # CLS, SEP and the cue token come on top of the rationale tokens.
-        self.min_length = _check_int("min_length", min_length, self.max_rationale + 3)
-        self.seq_len = _check_int("seq_len", seq_len, self.min_length)
+        self.min_length = check_int("min_length", min_length, self.max_rationale + 3)
+        self.seq_len = check_int("seq_len", seq_len, self.min_length)
         self.bias = _check_bias(bias)
         check_in_choices("split", split, SPLITS)
         self.split = split
@@ -117,7 +116,7 @@ class TokensDataset(Dataset):
         self.cue_start = _NUM_SPECIAL
         self.rationale_start = self.cue_start + num_classes
         self.noise_start = self.rationale_start + num_classes * rationale_per_class
-        self.vocab_size = _check_int("vocab_size", vocab_size, self.noise_start + _MIN_NOISE_TOKENS)
+        self.vocab_size = check_int("vocab_size", vocab_size, self.noise_start + _MIN_NOISE_TOKENS)
         self.cue_token_ids = torch.arange(self.cue_start, self.rationale_start)
         self.rationale_token_ids = torch.arange(self.rationale_start, self.noise_start).view(
             num_classes, rationale_per_class
@@ -223,11 +222,11 @@ class TokensDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.num_workers = check_int("num_workers", num_workers, 0)
         sizes = {"train": train_size, "val": val_size, "test": test_size}
         for split, n in sizes.items():
-            _check_int(f"{split}_size", n, 0)
+            check_int(f"{split}_size", n, 0)
         kwargs: dict[str, Any] = {
             "num_classes": num_classes,
             "seq_len": seq_len,

@@ -17,7 +17,7 @@ import torchvision
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._checks import check_in_choices, check_positive, describe
+from .._checks import check_in_choices, check_number, check_positive, describe
 from ..attr.comet import selector_mask
 from ..data.batch import Batch, split_batch
 from ..heads.mhex import infer_num_classes
@@ -149,13 +149,6 @@ def _cross_entropy(logits: Tensor, target: Tensor, reduction: str = "mean") -> T
     return F.cross_entropy(logits, target, reduction=reduction)
 
 
-def _check_number(name: str, value: object, *, allow_zero: bool = True) -> float:
-    check_positive(name, value, allow_zero=allow_zero)  # type: ignore[arg-type]
-    if not math.isfinite(float(value)):  # type: ignore[arg-type]
-        raise ValueError(f"`{name}` must be finite, got {value!r}")
-    return float(value)  # type: ignore[arg-type]
-
-
 class ComprehensiveAttribution(L.LightningModule):
     """COMET: selector, predictor and a frozen detector that penalises evidence left outside the mask.
 
@@ -255,20 +248,20 @@ class ComprehensiveAttribution(L.LightningModule):
         if not isinstance(use_detector, bool):
             raise TypeError(f"`use_detector` must be a bool, got {describe(use_detector)}")
         for name, value in (("alpha", alpha), ("beta", beta), ("delta", delta), ("area_weight", area_weight)):
-            _check_number(name, value)
+            check_number(name, value)
         if isinstance(area_threshold, bool) or not isinstance(area_threshold, (int, float)):
             raise ValueError(f"`area_threshold` must be a number in [0, 1], got {area_threshold!r}")
         if not 0.0 <= float(area_threshold) <= 1.0:
             raise ValueError(f"`area_threshold` must be in [0, 1], got {area_threshold!r}")
-        _check_number("lr", lr, allow_zero=False)
-        _check_number("weight_decay", weight_decay)
+        check_number("lr", lr, strict=True)
+        check_number("weight_decay", weight_decay)
         if selector_lr is not None:
-            _check_number("selector_lr", selector_lr, allow_zero=False)
+            check_number("selector_lr", selector_lr, strict=True)
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"`warmup_epochs` must be a non-negative int, got {warmup_epochs!r}")
         if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in milestones):
             raise ValueError(f"`milestones` must be positive ints (epochs), got {milestones!r}")
-        _check_number("gamma", gamma, allow_zero=False)
+        check_number("gamma", gamma, strict=True)
         if batch_adapter is not None and not callable(batch_adapter):
             raise TypeError(f"`batch_adapter` must be callable, got {describe(batch_adapter)}")
         if detector is None and use_detector:

@@ -20,15 +20,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lightning_xai.attr import IGOS, IGOSPlusPlus
-from lightning_xai.attr.igos import (
-    _DELETION,
-    _INSERTION,
-    _area,
-    _bilateral_tv,
-    _edge_weights,
-    _Objective,
-    _total_variation,
-)
+from lightning_xai.attr.igos.objective import _DELETION, _INSERTION, _Objective
+from lightning_xai.attr.igos.regularisers import _area, _bilateral_tv, _edge_weights, _total_variation
 from lightning_xai.data import ShapesDataset
 from lightning_xai.explain import make_baseline
 from lightning_xai.metrics.functional import deletion_auc, insertion_auc

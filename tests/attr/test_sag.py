@@ -576,6 +576,7 @@ def test_model_state_is_restored_and_inference_mode_works():
         ({"heuristic": torch.rand(3, 3)}, ValueError, "heuristic"),
         ({"heuristic": 3}, TypeError, "heuristic"),
         ({"heuristic_kwargs": [1]}, TypeError, "heuristic_kwargs"),
+        ({"heuristic_kwargs": {"mask_size": 3}}, ValueError, "heuristic_kwargs"),
         ({"target": [0]}, ValueError, "target"),
     ],
 )

@@ -9,8 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from ..._checks import describe
-from ._numbers import _check_count, _check_number
+from ..._checks import check_int, check_number, describe
 from .module import XNN
 
 __all__ = ["balance_check", "fit_xnn"]
@@ -60,11 +59,11 @@ def fit_xnn(
     (one dict per attempt: ``attempt``, ``alpha_rec``, ``alpha_pt``, ``mean_contribution``, ``passed``).
     ``fit_kwargs`` go to ``trainer.fit`` (e.g. ``train_dataloaders=``).
     """
-    _check_count("max_attempts", max_attempts, 1)
-    _check_count("min_positive", min_positive, 1)
-    _check_number("min_ratio", min_ratio)
-    _check_number("recon_growth", recon_growth, allow_zero=False)
-    _check_number("pt_decay", pt_decay, allow_zero=False)
+    check_int("max_attempts", max_attempts, 1)
+    check_int("min_positive", min_positive, 1)
+    check_number("min_ratio", min_ratio)
+    check_number("recon_growth", recon_growth, strict=True)
+    check_number("pt_decay", pt_decay, strict=True)
     log: list[dict[str, Any]] = []
     module = None
     for attempt in range(max_attempts):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.regression import R2Score
 
-from ..._checks import check_in_choices, describe
+from ..._checks import check_in_choices, check_int, check_number, describe
 from ...data.batch import Batch, split_batch
 from ...explain import preserved_state
 from ...models import build_model, logits_of, resolve_layer
@@ -21,7 +21,6 @@ from ..mhex import forward_kwargs
 from ._dist import _all_reduce, _broadcast_from_rank_zero
 from ._explanations import _ConceptExplanations
 from ._helpers import _centre_biases, _epochs, _layer_width, _resolve_targets
-from ._numbers import _check_count, _check_number
 from .concepts import _FeatureTap, _final_linear
 from .losses import _PT_OFFSET, PullAwayMode, prediction_loss, pull_away_term, sparse_reconstruction_loss
 from .network import _IDENTITY, _RELU, _UNDECIDED, DecoderActivation, XNNNetwork
@@ -121,17 +120,17 @@ class XNN(_ConceptExplanations, L.LightningModule):
             raise TypeError(f"`backbone` must be an nn.Module or a model name, got {describe(backbone)}")
         check_in_choices("pt_mode", pt_mode, ("images", "features"))
         check_in_choices("decoder_output_activation", decoder_output_activation, ("auto", "relu", "identity"))
-        _check_count("num_concepts", num_concepts, 1)
-        _check_count("pretrain_epochs", pretrain_epochs, 0)
+        check_int("num_concepts", num_concepts, 1)
+        check_int("pretrain_epochs", pretrain_epochs, 0)
         if not isinstance(centre_biases, bool):
             raise TypeError(f"`centre_biases` must be a bool, got {describe(centre_biases)}")
-        _check_count("lr_step", lr_step, 1)
-        _check_number("q", q, allow_zero=False)
+        check_int("lr_step", lr_step, 1)
+        check_number("q", q, strict=True)
         for name, value in (("alpha_pred", alpha_pred), ("alpha_rec", alpha_rec), ("alpha_pt", alpha_pt)):
-            _check_number(name, value)
-        _check_number("lr", lr, allow_zero=False)
-        _check_number("weight_decay", weight_decay)
-        _check_number("lr_gamma", lr_gamma, allow_zero=False)
+            check_number(name, value)
+        check_number("lr", lr, strict=True)
+        check_number("weight_decay", weight_decay)
+        check_number("lr_gamma", lr_gamma, strict=True)
         if batch_adapter is not None and not callable(batch_adapter):
             raise TypeError(f"`batch_adapter` must be callable, got {describe(batch_adapter)}")
         self.backbone = backbone
@@ -146,7 +145,7 @@ class XNN(_ConceptExplanations, L.LightningModule):
             self._tap = _FeatureTap(tapped, pre=False)
             dim = _layer_width(backbone, tapped)
         if feature_dim is not None:
-            _check_count("feature_dim", feature_dim, 1)
+            check_int("feature_dim", feature_dim, 1)
             if dim is not None and dim != feature_dim:
                 raise ValueError(f"`feature_dim`={feature_dim} but the tapped layer gives {dim} features")
             dim = feature_dim
