@@ -41,10 +41,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_xai.callbacks import ExplanationConsistencyReweighting
-from lightning_xai.callbacks.consistency import score_consistency
 from lightning_xai.data import ShapesDataModule, ShapesDataset
 from lightning_xai.explain import grad_cam
 from lightning_xai.metrics import PointingGame
+from lightning_xai.metrics.functional import score_consistency
 from lightning_xai.modules import ImageClassifier
 
 

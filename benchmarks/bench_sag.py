@@ -43,10 +43,9 @@ from torch import nn
 
 from lightning_xai.attr import StructuredAttentionGraph
 from lightning_xai.data import ShapesDataModule, ShapesDataset
+from lightning_xai.explain import IMAGENET
 from lightning_xai.modules import ImageClassifier
 from lightning_xai.viz import save_sag_png
-
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def parse_args() -> argparse.Namespace:
@@ -109,11 +108,6 @@ def two_object_images(count: int, size: int, seed: int = 0) -> tuple[torch.Tenso
     return torch.stack([it["image"] for it in items]), [it["instance_masks"] for it in items]
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
-    return (images - mean) / std
-
-
 def forward_rows_per_second(model: nn.Module, x: torch.Tensor, batch: int, reps: int) -> float:
     rows = x[torch.arange(batch) % x.shape[0]]
     with torch.no_grad():
@@ -144,7 +138,7 @@ class ScaledLogits(nn.Module):
 
 def cost_config(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, scale: float) -> dict[str, Any]:
     counter = RowCounter(ScaledLogits(model, scale)).eval()
-    sag = StructuredAttentionGraph(counter, input_normalization=IMAGENET)
+    sag = StructuredAttentionGraph(counter, normalization=IMAGENET)
     settings: dict[str, Any] = {"seed": 0}
     if args.quick:
         settings.update(max_root_size=3, heuristic_kwargs={"n_steps": 4})
@@ -210,7 +204,7 @@ def cost_section(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = timm.create_model(args.model, pretrained=False).eval()
     images, _ = two_object_images(args.images, args.size)
-    x = normalise(images)
+    x = IMAGENET.normalize(images)
     out: dict[str, Any] = {"model": args.model, "size": args.size, "configs": []}
     for scale in args.logit_scales:
         result = cost_config(args, model, x, scale)

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_xai.callbacks import ExplanationConsistencyReweighting
-from lightning_xai.callbacks.consistency import score_consistency
 from lightning_xai.data import ShapesDataModule
+from lightning_xai.metrics.functional import score_consistency
 from lightning_xai.modules import ImageClassifier
 
 

@@ -130,17 +130,19 @@ def check_number(
     low: float = 0.0,
     strict: bool = False,
     high: float | None = None,
+    high_inclusive: bool = False,
     want: str | None = None,
 ) -> float:
-    """A finite real number ``>= low`` (``> low`` with ``strict``) and, when ``high`` is given, ``< high``."""
+    """A finite real number ``>= low`` (``> low`` with ``strict``) and, when ``high`` is given, ``< high``
+    (``<= high`` with ``high_inclusive``)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
-        ok = (value > low if strict else value >= low) and (high is None or value < high)
+        below = high is None or (value <= high if high_inclusive else value < high)
+        ok = (value > low if strict else value >= low) and below
     if not ok:
         if want is None:
-            want = f"a finite number {'>' if strict else '>='} {low}" + (
-                "" if high is None else f" and < {high}"
-            )
+            top = "" if high is None else f" and {'<=' if high_inclusive else '<'} {high}"
+            want = f"a finite number {'>' if strict else '>='} {low}{top}"
         raise ValueError(f"`{name}` must be {want}, got {value!r}")
     return float(value)
 

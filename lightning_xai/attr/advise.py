@@ -32,19 +32,20 @@ from .._checks import (
     describe,
     format_target,
 )
-from ..explain import preserved_state, require_grad_mode
+from ..explain import Normalization, preserved_state, require_grad_mode, resolve_normalization
 from ..explain.avx import (
     AVX_KEYS,
     AdForm,
     MaskMode,
-    PixelNormalizer,
     _avx_scores,
     _masked_pixels,
     _runner_up,
     check_avx_args,
+    make_normalizer,
 )
 from ..explain.hooks import ActivationTap, forward_hook
 from ..models import LogitsForward, check_logits, resolve_layer
+from ._base import check_forward_func
 from ._common import (
     chunk_bounds,
     format_additional_forward_args,
@@ -152,8 +153,10 @@ class ADVISE(LayerAttribution):
         forward_func: the model (or a callable returning logits or a ``ModelOutput``).
         layer: the explained layer: a module, or a name / ``feature_info`` index / ``"auto"`` resolved in the
             model (see :func:`~lightning_xai.models.resolve_layer`). Its output must be (B, C, h, w).
-        mean, std: per-channel normalisation of the model inputs; AVX needs pixels, and recovers them as
-            ``inputs · std + mean``. Without them the inputs are pixels in [0, 1].
+        normalization: the model's input normalisation (a :class:`~lightning_xai.explain.Normalization` or a
+            ``(mean, std)`` pair per channel); AVX needs pixels, and recovers them as ``inputs · std + mean``.
+            Without it the inputs are pixels in [0, 1]. ``mean``/``std`` (by keyword, or positionally as the
+            earlier ``ADVISE(model, layer, mean, std)``) are its deprecated spelling.
         activation_scaling: ``"none"`` (ADVISE: activation values outside [0, 1] are ignored by the KDE, and
             the ignored fraction is reported) or ``"minmax"`` (each channel rescaled to [0, 1] first).
         num_widths: ``M``, the KDE's number of bandwidths and windows (10).
@@ -174,9 +177,10 @@ class ADVISE(LayerAttribution):
         self,
         forward_func: Callable[..., Any],
         layer: nn.Module | str | int = "auto",
-        mean: Sequence[float] | Tensor | None = None,
+        normalization: Normalization | tuple[Sequence[float], Sequence[float]] | None = None,
         std: Sequence[float] | Tensor | None = None,
         *,
+        mean: Sequence[float] | Tensor | None = None,
         activation_scaling: ActivationScaling = "none",
         num_widths: int = 10,
         kde_dtype: torch.dtype = torch.float64,
@@ -185,8 +189,7 @@ class ADVISE(LayerAttribution):
         cs_threshold: float = 0.55,
         top_k: int = 5,
     ) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
+        check_forward_func(forward_func)
         module = forward_module(forward_func)
         if isinstance(layer, nn.Module) and module is None:
             resolved = layer
@@ -204,7 +207,10 @@ class ADVISE(LayerAttribution):
         if not isinstance(kde_dtype, torch.dtype) or not kde_dtype.is_floating_point:
             raise TypeError(f"`kde_dtype` must be a floating torch.dtype, got {describe(kde_dtype)}")
         check_avx_args(mask_mode, ad_form, cs_threshold, top_k, "sum", "none", 1)
-        self.pixels = PixelNormalizer(mean, std)
+        if std is not None and mean is None:  # the deprecated positional form ADVISE(model, layer, mean, std)
+            mean, normalization = normalization, None
+        self.normalization = resolve_normalization(normalization, mean=mean, std=std)
+        self._normalize = make_normalizer(None, self.normalization)
         self.activation_scaling = activation_scaling
         self.num_widths = num_widths
         self.kde_dtype = kde_dtype
@@ -229,21 +235,13 @@ class ADVISE(LayerAttribution):
                 f"`selection='avx'` needs images of at least {_MIN_SIDE}x{_MIN_SIDE} (the SSIM window of AVX), "
                 f"got {describe(inputs)}; use `selection='largest_group'` for smaller inputs"
             )
-        mean, std = self.pixels.mean, self.pixels.std
-        pixels = inputs
-        if mean is not None and std is not None:
-            for name, value in (("mean", mean), ("std", std)):
-                if value.numel() not in (1, channels):
-                    raise ValueError(
-                        f"`{name}` must have 1 or {channels} values (one per channel), got {value.numel()}"
-                    )
-            pixels = inputs * std.to(inputs).view(1, -1, 1, 1) + mean.to(inputs).view(1, -1, 1, 1)
+        pixels = inputs if self.normalization is None else self.normalization.denormalize(inputs)
         low, high = float(pixels.min()), float(pixels.max())
         if low < -_PIXEL_TOLERANCE or high > 1 + _PIXEL_TOLERANCE:
             raise ValueError(
                 "`selection='avx'` needs the pixels behind `inputs` in [0, 1] (AVX masks and scores images); got "
-                f"values in [{low:.4g}, {high:.4g}] after undoing `mean`/`std`. Pass the normalisation of the "
-                "inputs as ADVISE(..., mean=, std=), or use `selection='largest_group'`"
+                f"values in [{low:.4g}, {high:.4g}] after undoing `normalization`. Pass the normalisation of the "
+                "inputs as ADVISE(..., normalization=(mean, std)), or use `selection='largest_group'`"
             )
         return pixels.clamp(0, 1)
 
@@ -324,7 +322,7 @@ class ADVISE(LayerAttribution):
             with torch.no_grad():
                 logits = check_logits(
                     self._logits(
-                        self.pixels(masked / _PIXEL_MAX).to(pixels.dtype),
+                        self._normalize(masked / _PIXEL_MAX).to(pixels.dtype),
                         *select_forward_args(extra, image, batch),
                     ),
                     stop - begin,

@@ -39,8 +39,9 @@ from .._checks import (
     format_target,
 )
 from .._deprecation import warn_deprecated
-from ..explain import compose, preserved_state, upsample_mask
+from ..explain import Normalization, compose, preserved_state, upsample_mask
 from ..models import LogitsForward, check_logits
+from ._base import NormalizedAttribution
 from ._common import (
     check_baselines_not_target,
     chunk_bounds,
@@ -236,7 +237,7 @@ class SAG:
         nodes: graph nodes keyed by patch set, with attributes ``patches`` (sorted tuple), ``prob``,
             ``confidence``, ``is_root``, ``level`` (fewest removals from a root) and ``expanded``.
         edges: ``(parent, child, {"removed": patch, "drop": parent confidence - child confidence})``.
-        image: (C, H, W) display image (de-normalised when ``input_normalization`` was given), on CPU.
+        image: (C, H, W) display image (de-normalised when ``normalization`` was given), on CPU.
         patch_interpolation: how patch indicators were upsampled (``"bilinear"`` or ``"nearest"``).
         stats: ``scored_sets`` (model rows of this image's search, each a distinct set), ``heuristic_rows``,
             ``forward_calls`` (model calls of the whole batch), ``depth``, ``beam_sizes``.
@@ -448,7 +449,7 @@ class _Trim:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class StructuredAttentionGraph(PerturbationAttribution):
+class StructuredAttentionGraph(NormalizedAttribution, PerturbationAttribution):
     r"""Structured Attention Graphs (Shitole et al., NeurIPS 2021, arXiv 2011.06733).
 
     Searches each image for several *minimal sufficient explanations* (MSEs): sets ``S`` of g×g grid patches
@@ -465,8 +466,9 @@ class StructuredAttentionGraph(PerturbationAttribution):
 
     Args:
         forward_func: the model, or any callable returning logits (or a ``ModelOutput``).
-        input_normalization: ``(mean, std)`` per channel of the model's input normalisation; it makes
-            ``baselines="black"`` black in pixel space and de-normalises the display image.
+        normalization: the model's input normalisation (a :class:`~lightning_xai.explain.Normalization` or a
+            ``(mean, std)`` pair per channel); it makes ``baselines="black"`` black in pixel space and
+            de-normalises the display image. ``input_normalization=`` is its deprecated name.
 
     Example:
         >>> import torch
@@ -484,15 +486,14 @@ class StructuredAttentionGraph(PerturbationAttribution):
     def __init__(
         self,
         forward_func: Callable[..., Any],
-        input_normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+        normalization: Normalization | tuple[Sequence[float], Sequence[float]] | None = None,
+        *,
+        input_normalization: object = None,
     ) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
-        super().__init__(forward_func)
+        super().__init__(forward_func, normalization, input_normalization=input_normalization)
         self._counter = _CountingForward(forward_func)
-        # I-GOS gives the heuristic ordering and resolves the baseline (and validates the normalisation).
-        self._igos = IGOS(self._counter, input_normalization=input_normalization)
-        self.input_normalization = self._igos.input_normalization
+        # I-GOS gives the heuristic ordering and resolves the baseline.
+        self._igos = IGOS(self._counter, self.normalization)
 
     # -- public entry points ------------------------------------------------------------------------------
 
@@ -566,7 +567,7 @@ class StructuredAttentionGraph(PerturbationAttribution):
             inputs: (B, C, H, W) model inputs, or a 1-tuple of them.
             target: class per image (int, list or (B,) tensor); None explains the top-1 class.
             baselines: what a removed patch shows: ``"black"`` (pixel value 0, i.e. ``-mean/std`` with
-                ``input_normalization``; the reference's choice), ``"blur"``, ``"zeros"``, ``"mean"``, a number
+                ``normalization``; the reference's choice), ``"blur"``, ``"zeros"``, ``"mean"``, a number
                 or a tensor broadcastable to the inputs.
             additional_forward_args: extra forward arguments; tensors with one row per image follow that
                 image's candidate rows.
@@ -692,11 +693,8 @@ class StructuredAttentionGraph(PerturbationAttribution):
                 )
 
         display = x.detach().cpu()
-        if self.input_normalization is not None:
-            mean, std = self.input_normalization
-            display = display * std.view(1, -1, 1, 1).to(display.dtype) + mean.view(1, -1, 1, 1).to(
-                display.dtype
-            )
+        if self.normalization is not None:
+            display = self.normalization.denormalize(display)
         results = []
         for s in searches:
             i = s.image

@@ -3,11 +3,14 @@
 from .baselines import compose, constant_baseline, gaussian_blur, make_baseline, mean_baseline, upsample_mask
 from .gradcam import grad_cam
 from .hooks import ActivationTap, forward_hook
+from .normalization import IMAGENET, Normalization, resolve_normalization
 from .pgd import background_pgd
 from .state import preserved_state, require_grad_mode
 
 __all__ = [
+    "IMAGENET",
     "ActivationTap",
+    "Normalization",
     "background_pgd",
     "compose",
     "constant_baseline",
@@ -18,5 +21,6 @@ __all__ = [
     "mean_baseline",
     "preserved_state",
     "require_grad_mode",
+    "resolve_normalization",
     "upsample_mask",
 ]

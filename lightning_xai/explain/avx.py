@@ -8,14 +8,15 @@ nMSE, the miss penalty and their harmonic mean (the full protocol is described i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from .._checks import check_in_choices, check_internal_batch_size
+from .._checks import check_in_choices, check_internal_batch_size, describe
+from .normalization import Normalization
 
 MaskMode = Literal["reference", "soft"]
 AdForm = Literal["reference", "standard"]
@@ -39,31 +40,24 @@ AVX_KEYS = (
 _PIXEL_MAX = 255.0
 
 
-class PixelNormalizer:
-    """Maps [0, 1] pixels to model inputs: ``(x − mean) / std`` per channel, or the identity without them."""
+def make_normalizer(
+    normalize: Callable[[Tensor], Tensor] | None = None, normalization: Normalization | None = None
+) -> Callable[[Tensor], Tensor]:
+    """The pixel-to-model-input map of AVX: ``normalize`` itself, or ``normalization.normalize``, or the
+    identity (inputs that are pixels in [0, 1])."""
+    if normalize is not None:
+        if not callable(normalize):
+            raise TypeError(
+                f"`normalize` must be a callable mapping [0,1] pixels to model inputs, got {describe(normalize)}"
+            )
+        if normalization is not None:
+            raise ValueError("pass either `normalize` or `mean`/`std` (`normalization`), not both")
+        return normalize
+    return _identity if normalization is None else normalization.normalize
 
-    def __init__(
-        self, mean: Sequence[float] | Tensor | None = None, std: Sequence[float] | Tensor | None = None
-    ):
-        if (mean is None) != (std is None):
-            raise ValueError(f"`mean` and `std` must be given together, got mean={mean!r} and std={std!r}")
-        self.mean = None if mean is None else torch.as_tensor(mean, dtype=torch.float64).flatten()
-        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float64).flatten()
-        if self.std is not None and bool((self.std <= 0).any()):
-            raise ValueError(f"`std` must be positive, got {std!r}")
 
-    def __call__(self, pixels: Tensor) -> Tensor:
-        if self.mean is None or self.std is None:
-            return pixels
-        channels = pixels.shape[1]
-        for name, value in (("mean", self.mean), ("std", self.std)):
-            if value.numel() not in (1, channels):
-                raise ValueError(
-                    f"`{name}` must have 1 or {channels} values (one per channel), got {value.numel()}"
-                )
-        mean = self.mean.to(pixels).view(1, -1, 1, 1)
-        std = self.std.to(pixels).view(1, -1, 1, 1)
-        return (pixels - mean) / std
+def _identity(pixels: Tensor) -> Tensor:
+    return pixels
 
 
 def check_avx_args(

@@ -12,20 +12,8 @@ from torch import Tensor
 from .._checks import check_inputs_on_model_device, check_positive, check_tensor, describe, format_target
 from ..models import check_logits, logits_of
 from .gradcam import _find_module
+from .normalization import Normalization, resolve_normalization
 from .state import preserved_state, require_grad_mode
-
-
-def _channel_stats(name: str, value: Sequence[float] | Tensor | None, inputs: Tensor) -> Tensor | None:
-    if value is None:
-        return None
-    stats = torch.as_tensor(value, dtype=inputs.dtype, device=inputs.device).flatten()
-    if stats.numel() not in (1, inputs.shape[1]):
-        raise ValueError(
-            f"`{name}` must have 1 or {inputs.shape[1]} values (one per channel), got {stats.numel()}"
-        )
-    if name == "std" and bool((stats <= 0).any()):
-        raise ValueError(f"`std` must be positive, got {stats.tolist()}")
-    return stats.view(1, -1, 1, 1)
 
 
 def background_pgd(
@@ -37,6 +25,7 @@ def background_pgd(
     eps: float = 8 / 255,
     step: float = 2 / 255,
     steps: int = 5,
+    normalization: Normalization | tuple[Sequence[float], Sequence[float]] | None = None,
     mean: Sequence[float] | Tensor | None = None,
     std: Sequence[float] | Tensor | None = None,
     pixel_range: tuple[float, float] = (0.0, 1.0),
@@ -47,8 +36,9 @@ def background_pgd(
 ) -> Tensor:
     """L-infinity PGD that raises the cross-entropy of ``target`` while changing only background pixels.
 
-    ``eps`` and ``step`` are in pixel units: with ``mean``/``std`` the inputs are normalised model inputs and
-    are mapped to pixels (``x * std + mean``) for the budget and the clipping to ``pixel_range``; without them
+    ``eps`` and ``step`` are in pixel units: with ``normalization`` (a :class:`Normalization` or a
+    ``(mean, std)`` pair; ``mean=``/``std=`` are its deprecated spelling) the inputs are normalised model inputs
+    and are mapped to pixels (``x * std + mean``) for the budget and the clipping to ``pixel_range``; without it
     the inputs must already be pixels in ``pixel_range``. Each step::
 
         g = ∂ CE(f(x + M_bg ⊙ δ / std), y) / ∂δ
@@ -90,23 +80,20 @@ def background_pgd(
     check_positive("step", step, allow_zero=True)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be a non-negative int, got {steps!r}")
-    if (mean is None) != (std is None):
-        raise ValueError("pass both `mean` and `std` (normalised inputs) or neither (pixel inputs)")
+    normalization = resolve_normalization(normalization, mean=mean, std=std)
     lo, hi = pixel_range
     module = _find_module(forward_func)
     check_inputs_on_model_device("inputs", inputs, module)
     require_grad_mode("background_pgd")
 
-    mean_t = _channel_stats("mean", mean, inputs)
-    std_t = _channel_stats("std", std, inputs)
-    pixels = inputs if mean_t is None else inputs * std_t + mean_t
+    pixels = inputs if normalization is None else normalization.denormalize(inputs)
     if float(pixels.min()) < lo - 1e-3 or float(pixels.max()) > hi + 1e-3:
         raise ValueError(
             f"`inputs` lie outside the pixel range {pixel_range} (min {float(pixels.min()):.3f}, max "
-            f"{float(pixels.max()):.3f}); pass `mean` and `std` for normalised inputs"
+            f"{float(pixels.max()):.3f}); pass `normalization=(mean, std)` for normalised inputs"
         )
     mask = background_mask.to(inputs.dtype)
-    scale = 1.0 if std_t is None else std_t
+    scale = 1.0 if normalization is None else normalization.std_like(inputs)
     extra = tuple(additional_forward_args or ())
     labels = format_target(target, inputs.shape[0], None, inputs.device)
     if labels is None:

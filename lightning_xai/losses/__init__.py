@@ -44,6 +44,7 @@ from __future__ import annotations
 from .inline import INLINE_LOSSES
 from .per_sample import LossParts, PerSampleLoss
 from .tap import LOSS_ATTRS, LossTap, SampleWeightedLossMixin, find_loss_tap
+from .weights import consistency_weights
 
 __all__ = [
     "INLINE_LOSSES",
@@ -52,5 +53,6 @@ __all__ = [
     "LossTap",
     "PerSampleLoss",
     "SampleWeightedLossMixin",
+    "consistency_weights",
     "find_loss_tap",
 ]

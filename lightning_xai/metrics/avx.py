@@ -10,6 +10,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from .._checks import describe
+from ..explain import Normalization, resolve_normalization
 from .functional.avx import (
     AVX_KEYS,
     AdForm,
@@ -33,8 +34,9 @@ class AVX(Metric):
     ``channel_reduction`` and resized bilinearly to the images. Without ``attributions_top2`` the metric calls
     ``explain_fn(forward_func, inputs, c2)`` on the model inputs, under ``torch.enable_grad()``.
 
-    ``normalize`` (a callable) or ``mean``/``std`` map [0, 1] pixels to the model's inputs. Per image, with
-    ``X`` the pixels on [0, 255], ``y`` the probability of ``c1`` on ``X`` and ``S1``, ``S2`` the maps:
+    ``normalize`` (a callable) or ``normalization`` (a :class:`~lightning_xai.explain.Normalization` or a
+    ``(mean, std)`` pair; ``mean=``/``std=`` are its deprecated spelling) map [0, 1] pixels to the model's
+    inputs. Per image, with ``X`` the pixels on [0, 255], ``y`` the probability of ``c1`` on ``X`` and ``S1``, ``S2`` the maps:
 
     1. class sensitivity ``CS = Pearson(S1, S2)``; the check passes iff ``|CS| ≤ cs_threshold`` (0.55); a
        constant map makes CS undefined: the check fails and CS is stored as 0;
@@ -64,7 +66,7 @@ class AVX(Metric):
         >>> from lightning_xai.metrics import AVX
         >>> _ = torch.manual_seed(0)
         >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 6))
-        >>> metric = AVX(model, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        >>> metric = AVX(model, normalization=([0.5] * 3, [0.25] * 3))
         >>> images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
         >>> metric.update(images, torch.rand(4, 16, 16), torch.rand(4, 1, 16, 16))
         >>> result = metric.compute()
@@ -95,6 +97,7 @@ class AVX(Metric):
         map_normalization: MapNormalization = "none",
         force_eval: bool = True,
         internal_batch_size: int = 128,
+        normalization: Normalization | tuple[Sequence[float], Sequence[float]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -112,7 +115,11 @@ class AVX(Metric):
         # Kept out of the module tree: the metric must not move, save or count the user's model.
         object.__setattr__(self, "forward_func", forward_func)
         object.__setattr__(self, "explain_fn", explain_fn)
-        object.__setattr__(self, "normalize", make_normalizer(normalize, mean, std))
+        object.__setattr__(
+            self,
+            "normalize",
+            make_normalizer(normalize, resolve_normalization(normalization, mean=mean, std=std)),
+        )
         self.mask_mode = mask_mode
         self.ad_form = ad_form
         self.cs_threshold = float(cs_threshold)

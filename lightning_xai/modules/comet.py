@@ -20,6 +20,7 @@ from torch.func import functional_call
 from .._checks import check_in_choices, check_number, check_positive, describe
 from ..attr.comet import selector_mask
 from ..data.batch import Batch, split_batch
+from ..explain import Normalization
 from ..heads.mhex import infer_num_classes
 from ..models import build_model, check_logits, logits_of
 from .classifier import ImageClassifier
@@ -195,7 +196,8 @@ class ComprehensiveAttribution(L.LightningModule):
         fill: ``q``: ``"mean"`` (0, the dataset mean of normalised inputs), ``"black"`` (``−mean/std``, needs
             ``normalization``), a number, one number per channel, or a tensor broadcastable to the input. For
             raw inputs in [0, 1], pass the dataset's channel means (``datamodule.normalization()[0]``).
-        normalization: ``(mean, std)`` per channel of the input normalisation, for ``fill="black"``.
+        normalization: the input normalisation (a :class:`~lightning_xai.explain.Normalization` or a
+            ``(mean, std)`` pair per channel), for ``fill="black"``.
         lr, weight_decay: AdamW for both optimisers; ``selector_lr`` overrides the selector's learning rate.
         warmup_epochs: linear warm-up per iteration over this many epochs.
         milestones, gamma: learning-rate decays by ``gamma`` at these epochs (counted from the start).
@@ -231,7 +233,7 @@ class ComprehensiveAttribution(L.LightningModule):
         hinge_reduction: HingeReduction = "batch",
         detector_mode: DetectorMode = "eval",
         fill: FillSpec = "mean",
-        normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+        normalization: Normalization | tuple[Sequence[float], Sequence[float]] | None = None,
         lr: float = 5e-4,
         weight_decay: float = 0.03,
         selector_lr: float | None = None,
@@ -315,6 +317,8 @@ class ComprehensiveAttribution(L.LightningModule):
         else:
             self.hparams["fill"] = fill
         self.hparams["num_classes"] = num_classes
+        if isinstance(normalization, Normalization):  # plain values in the hyperparameters
+            self.hparams["normalization"] = normalization.to_dict()
 
         self.selector = selector_net
         self.predictor = predictor_net
@@ -330,22 +334,18 @@ class ComprehensiveAttribution(L.LightningModule):
     # -- set-up -------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _fill_tensor(fill: FillSpec, normalization: tuple[Sequence[float], Sequence[float]] | None) -> Tensor:
+    def _fill_tensor(fill: FillSpec, normalization: object) -> Tensor:
         if isinstance(fill, str):
             check_in_choices("fill", fill, ("mean", "black"))
             if fill == "mean":
                 return torch.zeros(1, 1, 1, 1)
-            if normalization is None:
+            norm = Normalization.of(normalization)
+            if norm is None:
                 raise ValueError(
                     "`fill='black'` needs `normalization=(mean, std)` of the inputs; for raw inputs in [0, 1] "
                     "pass `fill=0.0`"
                 )
-            mean, std = (torch.as_tensor(v, dtype=torch.float32).flatten() for v in normalization)
-            if mean.shape != std.shape or bool((std <= 0).any()):
-                raise ValueError(
-                    f"`normalization` must be (mean, std) of equal length with std > 0, got {normalization!r}"
-                )
-            return (-mean / std).view(1, -1, 1, 1)
+            return norm.black(torch.zeros(1, norm.channels, 1, 1))
         if isinstance(fill, bool):
             raise TypeError(f"`fill` must be 'mean', 'black', a number, a sequence or a tensor, got {fill!r}")
         if isinstance(fill, (int, float)):

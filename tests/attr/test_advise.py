@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 
 MEAN = (0.5, 0.4, 0.3)
 STD = (0.25, 0.2, 0.3)
+NORM = (MEAN, STD)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -86,7 +87,7 @@ class CountingForward(nn.Module):
 def test_group_maps_sum_to_the_whole_layer_map_and_gradients_are_of_the_softmax():
     model = tiny_net(dtype=torch.float64)
     x = normalised(pixels(dtype=torch.float64))
-    explainer = ADVISE(model, "3", MEAN, STD)
+    explainer = ADVISE(model, "3", NORM)
     acts, grad1, grad2, probs, top1, top2 = explainer._forward_backward(x, (), None, None)
 
     features = model[:4](x).detach().requires_grad_(True)
@@ -120,7 +121,7 @@ def test_group_maps_sum_to_the_whole_layer_map_and_gradients_are_of_the_softmax(
 def test_avx_selection_scores_groups_with_the_avx_metric():
     model = tiny_net()
     images = pixels()
-    maps, details = ADVISE(model, "3", MEAN, STD).attribute(normalised(images), return_details=True)
+    maps, details = ADVISE(model, "3", NORM).attribute(normalised(images), return_details=True)
     assert isinstance(details, ADVISEDetails)
     valid = details.valid_groups
     assert bool(valid.any(1).all()) and int(valid.sum()) > images.shape[0]  # several groups compete
@@ -138,8 +139,7 @@ def test_avx_selection_scores_groups_with_the_avx_metric():
             top1,
             top2,
             target=details.target[b : b + 1],
-            mean=MEAN,
-            std=STD,
+            normalization=NORM,
             return_per_sample=True,
         )
         for key, value in expected.items():
@@ -163,7 +163,7 @@ def test_avx_selection_scores_groups_with_the_avx_metric():
 def test_largest_group_is_deterministic_and_runs_no_avx_forwards():
     counting = CountingForward(tiny_net())
     x = normalised(pixels())
-    explainer = ADVISE(counting, "model.3", MEAN, STD)
+    explainer = ADVISE(counting, "model.3", NORM)
     first, details = explainer.attribute(x, selection="largest_group", return_details=True)
     assert counting.calls == 1 and details.group_scores == {}
     second = explainer.attribute(x, selection="largest_group")
@@ -182,7 +182,7 @@ def test_largest_group_is_deterministic_and_runs_no_avx_forwards():
 def test_internal_batch_size_and_tuple_inputs_do_not_change_the_result():
     model = tiny_net()
     x = normalised(pixels())
-    explainer = ADVISE(model, model[3], MEAN, STD)
+    explainer = ADVISE(model, model[3], NORM)
     whole, details = explainer.attribute(x, target=[0, 1, 2], return_details=True)
     chunked, chunk_details = explainer.attribute(
         (x,), target=[0, 1, 2], return_details=True, internal_batch_size=1
@@ -196,7 +196,7 @@ def test_internal_batch_size_and_tuple_inputs_do_not_change_the_result():
 def test_upsample_range_and_captum_tools():
     model = tiny_net()
     x = normalised(pixels())
-    explainer = ADVISE(model, "3", MEAN, STD)
+    explainer = ADVISE(model, "3", NORM)
     assert isinstance(explainer, LayerAttribution)
     layer_maps = explainer.attribute(x, target=1)
     assert layer_maps.shape == (3, 1, 12, 12) and layer_maps.dtype == x.dtype
@@ -221,12 +221,12 @@ def test_activation_scaling_and_dropped_fraction():
     with torch.no_grad():
         model[2].weight.mul_(6)  # activations well above 1: ADVISE's KDE ignores them
     x = normalised(pixels())
-    _, plain = ADVISE(model, "3", MEAN, STD).attribute(x, selection="largest_group", return_details=True)
+    _, plain = ADVISE(model, "3", NORM).attribute(x, selection="largest_group", return_details=True)
     acts = model[:4](x)
     expected = ((acts < 0) | (acts > 1)).double().mean((1, 2, 3))
     torch.testing.assert_close(plain.dropped_fraction, expected)
     assert float(plain.dropped_fraction.min()) > 0.1
-    _, scaled = ADVISE(model, "3", MEAN, STD, activation_scaling="minmax").attribute(
+    _, scaled = ADVISE(model, "3", NORM, activation_scaling="minmax").attribute(
         x, selection="largest_group", return_details=True
     )
     assert float(scaled.dropped_fraction.max()) == 0.0
@@ -236,14 +236,14 @@ def test_activation_scaling_and_dropped_fraction():
 def test_tiny_layers_give_finite_maps_and_a_dead_layer_falls_back_to_zeros():
     # A 1x1 layer: no KDE possible (Z = 1), every channel in group 0, a constant map.
     model = tiny_net()
-    maps, details = ADVISE(model, "4", MEAN, STD).attribute(normalised(pixels()), return_details=True)
+    maps, details = ADVISE(model, "4", NORM).attribute(normalised(pixels()), return_details=True)
     assert maps.shape == (3, 1, 1, 1) and bool(torch.isfinite(maps).all())
     assert bool((details.relevance == 0).all())
     # A layer whose activations are all zero: no group survives; the whole-layer map is zero too.
     dead = tiny_net()
     with torch.no_grad():
         dead[2].bias.fill_(-1e3)
-    maps, details = ADVISE(dead, "3", MEAN, STD).attribute(normalised(pixels()), return_details=True)
+    maps, details = ADVISE(dead, "3", NORM).attribute(normalised(pixels()), return_details=True)
     assert not bool(maps.any())
     assert details.selected_group.tolist() == [-1, -1, -1] and details.selected_size.tolist() == [12] * 3
 
@@ -257,7 +257,7 @@ def test_class_sensitivity_on_a_resnet18():
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=10).eval()
     x = normalised(pixels(2, 96, seed=3))
-    explainer = ADVISE(model, "layer4", MEAN, STD)
+    explainer = ADVISE(model, "layer4", NORM)
     maps0 = explainer.attribute(x, target=0)
     maps1 = explainer.attribute(x, target=1)
     assert maps0.shape == (2, 1, 3, 3)  # Z = 9: still a finite map
@@ -296,8 +296,8 @@ def test_implementation_invariance(selection):
     split = SplitConvNet(tiny_net(dtype=torch.float64)).eval()
     x = normalised(pixels(dtype=torch.float64))
     torch.testing.assert_close(split(x), net(x))
-    maps, details = ADVISE(net, "3", MEAN, STD).attribute(x, selection=selection, return_details=True)
-    split_maps, split_details = ADVISE(split, "act", MEAN, STD).attribute(
+    maps, details = ADVISE(net, "3", NORM).attribute(x, selection=selection, return_details=True)
+    split_maps, split_details = ADVISE(split, "act", NORM).attribute(
         x, selection=selection, return_details=True
     )
     assert torch.equal(details.relevance, split_details.relevance)
@@ -310,7 +310,7 @@ def test_model_randomization_changes_the_map():
     x = normalised(pixels(4))
 
     def explain(network, inputs, target):
-        return ADVISE(network, "3", MEAN, STD).attribute(inputs, target=target, upsample=True)
+        return ADVISE(network, "3", NORM).attribute(inputs, target=target, upsample=True)
 
     check = ModelRandomizationCheck(model, explain, similarity="spearman", skip_layers=True)
     check.update(x, torch.tensor([0, 1, 2, 3]))
@@ -332,14 +332,14 @@ def test_model_state_restored_also_after_an_exception():
     hooks = (len(layer._forward_hooks), len(counting._forward_hooks))
     x = normalised(pixels())
     with pytest.warns(UserWarning, match="training mode"), pytest.raises(RuntimeError, match="boom"):
-        ADVISE(counting, layer, MEAN, STD).attribute(x)
+        ADVISE(counting, layer, NORM).attribute(x)
     assert counting.training and counting.model[3].training
     assert (len(layer._forward_hooks), len(counting._forward_hooks)) == hooks
     assert not counting.model[0].weight.requires_grad and counting.model[2].weight.requires_grad
     assert all(p.grad is None for p in counting.parameters())
     counting.fail_at = None
     counting.eval()
-    maps = ADVISE(counting, layer, MEAN, STD).attribute(x)
+    maps = ADVISE(counting, layer, NORM).attribute(x)
     assert bool(torch.isfinite(maps).all()) and len(layer._forward_hooks) == hooks[0]
     assert all(p.grad is None for p in counting.parameters())
 
@@ -347,7 +347,7 @@ def test_model_state_restored_also_after_an_exception():
 def test_bad_arguments():
     model = tiny_net()
     x = normalised(pixels())
-    explainer = ADVISE(model, "3", MEAN, STD)
+    explainer = ADVISE(model, "3", NORM)
     with pytest.raises(ValueError, match="selection"):
         explainer.attribute(x, selection="best")
     with pytest.raises(ValueError, match="at least 11x11"):
@@ -358,7 +358,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="target"):
         explainer.attribute(x, target=9)
     with pytest.raises(ValueError, match=r"\(B, C, h, w\)"):
-        ADVISE(model, "6", MEAN, STD).attribute(x, selection="largest_group")
+        ADVISE(model, "6", NORM).attribute(x, selection="largest_group")
     with pytest.raises(ValueError, match="inputs"):
         explainer.attribute((x, x))
     with pytest.raises(TypeError, match="upsample"):
@@ -372,7 +372,7 @@ def test_bad_arguments():
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         explainer.attribute(x)
     # A plain function with the layer given as a module works.
-    maps = ADVISE(lambda inputs: model(inputs), model[3], MEAN, STD).attribute(x)
+    maps = ADVISE(lambda inputs: model(inputs), model[3], NORM).attribute(x)
     assert maps.shape == (3, 1, 12, 12)
 
 

@@ -688,7 +688,7 @@ def test_hugging_face_image_model_and_logit_score():
 
 def test_baselines_and_progress(capsys):
     model, x = tiny_model(), images(2)
-    method = IGOS(model, input_normalization=([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]))
+    method = IGOS(model, normalization=([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]))
     kwargs = dict(FAST, target=0, seed=0)
     black = method.attribute(x, baselines="black", **kwargs)
     explicit = method.attribute(x, baselines=torch.full((3, 16, 16), -2.0), **kwargs)

@@ -446,7 +446,7 @@ def test_black_baseline_uses_the_normalisation():
     model = tiny_cnn()
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
     x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
-    sag = StructuredAttentionGraph(model, input_normalization=(mean, std))
+    sag = StructuredAttentionGraph(model, normalization=(mean, std))
     result = sag.explain(x, grid_size=4, heuristic=torch.rand(4, 4, dtype=torch.float64), max_root_size=3)[0]
     black = (
         (-torch.tensor(mean, dtype=x.dtype) / torch.tensor(std, dtype=x.dtype)).view(1, 3, 1, 1).expand_as(x)

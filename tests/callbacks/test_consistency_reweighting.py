@@ -10,8 +10,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.callbacks import ExplanationConsistencyReweighting, find_loss_tap
-from lightning_xai.callbacks.consistency import consistency_weights, score_consistency
 from lightning_xai.data import ShapesDataModule, ShapesDataset
+from lightning_xai.losses import consistency_weights
+from lightning_xai.metrics.functional import score_consistency
 from lightning_xai.models import small_resnet
 from lightning_xai.modules import ImageClassifier
 

@@ -34,7 +34,7 @@ def test_foreground_untouched_budget_range_and_loss_raised():
     pixels, background, labels = data()
     x = (pixels - MEAN.view(1, 3, 1, 1)) / STD.view(1, 3, 1, 1)
     x_adv = background_pgd(
-        model, x, labels, background, mean=MEAN, std=STD, eps=8 / 255, step=2 / 255, steps=5
+        model, x, labels, background, normalization=(MEAN, STD), eps=8 / 255, step=2 / 255, steps=5
     )
     fg = (~background).expand_as(x)
     assert torch.equal(x_adv[fg], x[fg])
@@ -66,7 +66,7 @@ def test_pixel_inputs_and_zero_budget():
 def test_bad_inputs():
     model = small_cnn()
     pixels, background, labels = data()
-    with pytest.raises(ValueError, match="pass `mean` and `std`"):
+    with pytest.raises(ValueError, match=r"pass `normalization=\(mean, std\)`"):
         background_pgd(model, pixels * 3 - 1, labels, background)
     with pytest.raises(ValueError, match="both `mean` and `std`"):
         background_pgd(model, pixels, labels, background, mean=MEAN)
@@ -81,4 +81,4 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="below the number of classes"):
         background_pgd(model, pixels, 5, background)
     with pytest.raises(ValueError, match="`std` must be positive"):
-        background_pgd(model, pixels, labels, background, mean=MEAN, std=torch.zeros(3))
+        background_pgd(model, pixels, labels, background, normalization=(MEAN, torch.zeros(3)))

@@ -9,9 +9,10 @@ import torch
 from captum.attr import GradientAttribution
 from torch import Tensor
 
-from ..._checks import check_flag, check_inputs_on_model_device, describe, format_target
-from ...explain import make_baseline, preserved_state, require_grad_mode, upsample_mask
+from ..._checks import check_flag, check_inputs_on_model_device, format_target
+from ...explain import Normalization, make_baseline, preserved_state, require_grad_mode, upsample_mask
 from ...models import LogitsForward
+from .._base import NormalizedAttribution
 from .._common import (
     check_baselines_not_target,
     clean_scores,
@@ -24,38 +25,24 @@ from .._common import (
 )
 from .objective import _DELETION, _INSERTION, _Objective
 from .optimise import optimise
-from .options import IGOSOptions, IGOSPlusPlusOptions, initial_mask, resolve_options
+from .options import IGOSOptions, IGOSPlusPlusOptions, initial_mask
 
 __all__ = ["IGOS", "IGOSPlusPlus"]
 
 _Result = Tensor | tuple[Tensor, ...] | tuple[Tensor | tuple[Tensor, ...], Tensor]
 
 
-class _IGOSBase(GradientAttribution):
+class _IGOSBase(NormalizedAttribution, GradientAttribution):
     """The optimisation shared by :class:`IGOS` and :class:`IGOSPlusPlus`."""
 
     def __init__(
         self,
         forward_func: Callable[..., Any],
-        input_normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+        normalization: Normalization | tuple[Sequence[float], Sequence[float]] | None = None,
+        *,
+        input_normalization: object = None,
     ) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
-        super().__init__(forward_func)
-        if input_normalization is not None:
-            if not isinstance(input_normalization, (tuple, list)) or len(input_normalization) != 2:
-                raise ValueError(
-                    "`input_normalization` must be a (mean, std) pair of per-channel sequences, "
-                    f"got {describe(input_normalization)}"
-                )
-            mean, std = (torch.as_tensor(v, dtype=torch.float64).flatten() for v in input_normalization)
-            if mean.numel() != std.numel() or not bool((std > 0).all()):
-                raise ValueError(
-                    "`input_normalization` must hold one mean and one positive std per channel, "
-                    f"got {input_normalization!r}"
-                )
-            input_normalization = (mean, std)
-        self.input_normalization = input_normalization
+        super().__init__(forward_func, normalization, input_normalization=input_normalization)
         # Tests and diagnostics set this to a list to receive one record per iteration (masks, gradients,
         # losses, step sizes); None keeps nothing.
         self._trace: list[dict[str, Tensor]] | None = None
@@ -102,7 +89,7 @@ class _IGOSBase(GradientAttribution):
             baselines,
             target,
             additional_forward_args,
-            resolve_options(options, overrides, self.options_class),
+            self.options_class.resolve(options, overrides),
             mask_init=mask_init,
             return_mask=return_mask,
             show_progress=show_progress,
@@ -117,14 +104,8 @@ class _IGOSBase(GradientAttribution):
                     f"`baselines` as a tuple must hold one entry (one input), got {len(baselines)}"
                 )
             baselines = baselines[0]
-        if isinstance(baselines, str) and baselines == "black" and self.input_normalization is not None:
-            mean, std = self.input_normalization
-            if mean.numel() != inputs.shape[1]:
-                raise ValueError(
-                    f"`input_normalization` has {mean.numel()} channels but the inputs have {inputs.shape[1]}"
-                )
-            black = (-mean / std).to(device=inputs.device, dtype=inputs.dtype)
-            return black.view(1, -1, 1, 1).expand_as(inputs).clone()
+        if isinstance(baselines, str) and baselines == "black" and self.normalization is not None:
+            return self.normalization.black(inputs).expand_as(inputs).clone()
         if isinstance(baselines, Tensor) and baselines.ndim == inputs.ndim - 1:
             baselines = baselines.unsqueeze(0)
         out = make_baseline(inputs, baselines)
@@ -242,8 +223,9 @@ class IGOS(_IGOSBase):
     Args:
         forward_func: the model, or any callable returning logits (a Hugging Face ``ModelOutput`` or a tuple
             whose first element is the logits also works).
-        input_normalization: ``(mean, std)`` per channel of the model's input normalisation; it only makes
-            ``baselines="black"`` black in pixel space (otherwise black is 0 in model-input units).
+        normalization: the model's input normalisation (a :class:`~lightning_xai.explain.Normalization` or a
+            ``(mean, std)`` pair per channel); it only makes ``baselines="black"`` black in pixel space (otherwise
+            black is 0 in model-input units). ``input_normalization=`` is its deprecated name.
 
     Example:
         >>> import torch
@@ -283,7 +265,7 @@ class IGOSPlusPlus(_IGOSBase):
 
     Args:
         forward_func: the model, or any callable returning logits.
-        input_normalization: ``(mean, std)`` per channel, used by ``baselines="black"``.
+        normalization: the model's input normalisation, used by ``baselines="black"``.
 
     Example:
         >>> import torch

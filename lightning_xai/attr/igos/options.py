@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +16,7 @@ from ..._checks import (
     check_tensor,
     describe,
 )
+from ..._options import Options
 from .._common import Score
 
 Optimizer = Literal["line_search", "nag"]
@@ -40,7 +40,7 @@ def _mask_size(value: object) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class IGOSOptions:
+class IGOSOptions(Options):
     r"""The settings of :class:`~lightning_xai.attr.IGOS`; every field is checked when the object is built.
 
     Pass one as ``attribute(x, options=...)``, or name fields as keyword arguments of ``attribute`` (they replace
@@ -124,20 +124,6 @@ class IGOSOptions:
             raise TypeError(f"`seed` must be None or an int, got {describe(self.seed)}")
         check_internal_batch_size(self.internal_batch_size)
 
-    def replace(self, **changes: Any) -> IGOSOptions:
-        """A copy with ``changes`` applied (and checked); an unknown name is a ``TypeError`` that lists the
-        known ones."""
-        names = [field.name for field in dataclasses.fields(self)]
-        unknown = sorted(set(changes) - set(names))
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__} has no option {', '.join(map(repr, unknown))}; the options are {names}"
-            )
-        return dataclasses.replace(self, **changes) if changes else self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class IGOSPlusPlusOptions(IGOSOptions):
@@ -160,17 +146,6 @@ class IGOSPlusPlusOptions(IGOSOptions):
         super().__post_init__()
         object.__setattr__(self, "btv_sigma", check_number("btv_sigma", self.btv_sigma, strict=True))
         check_flag("single_mask", self.single_mask)
-
-
-def resolve_options(
-    options: IGOSOptions | None, overrides: dict[str, Any], cls: type[IGOSOptions]
-) -> IGOSOptions:
-    """``options`` (or ``cls()``) with the keyword ``overrides`` of an ``attribute`` call applied."""
-    if options is None:
-        options = cls()
-    elif type(options) is not cls:
-        raise TypeError(f"`options` must be a {cls.__name__} or None, got {describe(options)}")
-    return options.replace(**overrides)
 
 
 def initial_mask(value: object, batch: int, size: tuple[int, int], like: Tensor, name: str) -> Tensor:

@@ -1,6 +1,7 @@
 """Functional forms of the explanation metrics: one call on one batch, same math as the ``Metric`` classes."""
 
 from .avx import avx_score
+from .background_consistency import ConsistencyOptions, ConsistencyScores, score_consistency
 from .complexity import complexity, sparseness
 from .consistency import explanation_consistency
 from .faithfulness import average_drop, deletion_auc, increase_in_confidence, insertion_auc
@@ -8,6 +9,8 @@ from .localisation import energy_pointing_game, iou_auc, pixel_average_precision
 from .randomization import model_randomization_check, spearman_similarity, ssim_similarity
 
 __all__ = [
+    "ConsistencyOptions",
+    "ConsistencyScores",
     "average_drop",
     "avx_score",
     "complexity",
@@ -20,6 +23,7 @@ __all__ = [
     "model_randomization_check",
     "pixel_average_precision",
     "pointing_game",
+    "score_consistency",
     "sparseness",
     "spearman_similarity",
     "ssim_similarity",

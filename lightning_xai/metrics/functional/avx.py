@@ -28,17 +28,17 @@ from ..._checks import (
     describe,
     format_target,
 )
-from ...explain import require_grad_mode
+from ...explain import Normalization, require_grad_mode, resolve_normalization
 from ...explain.avx import (
     _PIXEL_MAX,
     AVX_KEYS,
     AdForm,
     MaskMode,
-    PixelNormalizer,
     _avx_scores,
     _masked_pixels,
     _runner_up,
     check_avx_args,
+    make_normalizer,
 )
 from ...models import LogitsForward
 from .._common import ChannelReduction, chunked_scores, model_context, resize_maps, to_maps
@@ -49,23 +49,6 @@ AvxExplainFn = Callable[[Callable[..., Any], Tensor, Tensor], Any]
 
 # torchmetrics' SSIM window: smaller images cannot be scored.
 _MIN_SIDE = 11
-
-
-def make_normalizer(
-    normalize: Callable[[Tensor], Tensor] | None = None,
-    mean: Sequence[float] | Tensor | None = None,
-    std: Sequence[float] | Tensor | None = None,
-) -> Callable[[Tensor], Tensor]:
-    """The pixel-to-model-input map of :class:`AVX`: ``normalize`` itself, or mean/std, or the identity."""
-    if normalize is not None:
-        if not callable(normalize):
-            raise TypeError(
-                f"`normalize` must be a callable mapping [0,1] pixels to model inputs, got {describe(normalize)}"
-            )
-        if mean is not None or std is not None:
-            raise ValueError("pass either `normalize` or `mean`/`std`, not both")
-        return normalize
-    return PixelNormalizer(mean, std)
 
 
 def _check_images(images: object) -> tuple[Tensor, Tensor]:
@@ -253,6 +236,7 @@ def avx_score(
     target: object = None,
     *,
     normalize: Callable[[Tensor], Tensor] | None = None,
+    normalization: Normalization | tuple[Sequence[float], Sequence[float]] | None = None,
     mean: Sequence[float] | Tensor | None = None,
     std: Sequence[float] | Tensor | None = None,
     explain_fn: AvxExplainFn | None = None,
@@ -276,7 +260,7 @@ def avx_score(
         >>> model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, 6))
         >>> images = torch.rand(2, 3, 16, 16)
         >>> maps_top1, maps_top2 = torch.rand(2, 16, 16), torch.rand(2, 16, 16)
-        >>> result = avx_score(model, images, maps_top1, maps_top2, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        >>> result = avx_score(model, images, maps_top1, maps_top2, normalization=([0.5] * 3, [0.25] * 3))
         >>> sorted(result)
         ['ad', 'ad_reference', 'avx', 'class_sensitivity', 'cs_pass_rate', 'fsim', 'hit_rate', 'nmse', 'ssim']
         >>> bool(0 <= result["avx"] <= 1)
@@ -288,7 +272,7 @@ def avx_score(
         attributions_top1,
         attributions_top2,
         target,
-        normalize=make_normalizer(normalize, mean, std),
+        normalize=make_normalizer(normalize, resolve_normalization(normalization, mean=mean, std=std)),
         explain_fn=explain_fn,
         mask_mode=mask_mode,
         ad_form=ad_form,

@@ -13,47 +13,36 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader
 
-from .._checks import check_in_choices, check_positive, check_tensor, describe
-from ..data.batch import Batch, split_batch
-from ..explain import background_pgd, grad_cam, preserved_state, require_grad_mode
-from ..losses import LossTap
-from ..metrics.functional.consistency import Similarity, _explanation_consistency_update
-from ..models import find_network, logits_of, resolve_layer
+from ..._checks import check_in_choices, check_int, check_number, describe
+from ...data.batch import Batch, split_batch
+from ...explain import Normalization, resolve_normalization
+from ...losses import LossTap, consistency_weights
+from ...metrics.functional.background_consistency import (
+    ConsistencyOptions,
+    ConsistencyScores,
+    score_consistency,
+)
+from ...metrics.functional.consistency import Similarity
+from ...models import find_network, resolve_layer
+from .data import ScoringData, distributed
+from .logs import log_weights
 
-__all__ = [
-    "ConsistencyScores",
-    "ExplanationConsistencyReweighting",
-    "consistency_weights",
-    "score_consistency",
-]
+__all__ = ["ExplanationConsistencyReweighting"]
 
 Refresh = Literal["epoch", "batch"]
 
-# Settings that change the scores: a checkpoint made with other values warns at load.
-_SCORE_KEYS = (
-    "layer",
-    "fg_threshold",
-    "fg_dilation",
-    "eps",
-    "step",
-    "steps",
-    "random_start",
-    "similarity",
-    "prediction_agreement",
+# The callback's own settings (besides the scoring's, in ConsistencyOptions); all of them change the weights.
+_SCHEDULE_KEYS = (
     "clip",
     "seed",
     "refresh",
@@ -62,134 +51,6 @@ _SCORE_KEYS = (
     "warmup_epochs",
     "every_n_steps",
 )
-
-
-@dataclass
-class ConsistencyScores:
-    """Per-sample results of :func:`score_consistency`: ``consistency`` E (B,) in float64, ``degenerate`` (B,)
-    bool (a map with zero norm, scored 0), and the (B, 1, H, W) ``background`` masks the attack used."""
-
-    consistency: Tensor
-    degenerate: Tensor
-    background: Tensor
-
-
-def score_consistency(
-    model: Callable[..., Any],
-    inputs: Tensor,
-    target: Tensor,
-    *,
-    layer: str | int | nn.Module = "auto",
-    fg_threshold: float = 0.5,
-    fg_dilation: int = 0,
-    eps: float = 8 / 255,
-    step: float = 2 / 255,
-    steps: int = 5,
-    mean: Sequence[float] | Tensor | None = None,
-    std: Sequence[float] | Tensor | None = None,
-    pixel_range: tuple[float, float] = (0.0, 1.0),
-    random_start: bool = False,
-    generator: torch.Generator | None = None,
-    similarity: Similarity = "cosine",
-    prediction_agreement: bool = False,
-) -> ConsistencyScores:
-    """Explanation consistency ``E`` of each sample under a background-only attack (ece.md §2.1–2.4).
-
-    ``H`` = Grad-CAM of the label at ``layer``, upsampled to the input and divided by its maximum; the
-    foreground is ``H ≥ fg_threshold`` (dilated by ``fg_dilation`` px), the rest is attacked by
-    :func:`~lightning_xai.explain.background_pgd` (``eps``/``step`` in pixel units, ``mean``/``std`` for
-    normalised inputs), and ``E`` is the similarity of ``H`` and the Grad-CAM of the attacked input, in float64.
-    With ``prediction_agreement`` a changed prediction makes ``E = 0``. The model runs in eval mode; its flags,
-    hooks and parameters' ``.grad`` are as before afterwards.
-
-    Example:
-        >>> import torch
-        >>> from lightning_xai.models import small_resnet
-        >>> model = small_resnet(num_classes=3)
-        >>> scores = score_consistency(model, torch.rand(2, 3, 16, 16), torch.tensor([0, 2]))
-        >>> scores.consistency.shape, bool(((scores.consistency >= 0) & (scores.consistency <= 1 + 1e-9)).all())
-        (torch.Size([2]), True)
-    """
-    check_tensor("inputs", inputs, ndim=4, floating=True)
-    if not isinstance(target, Tensor) or target.ndim != 1 or target.is_floating_point():
-        raise ValueError(
-            "`target` must be a (B,) tensor of class indices; multi-label (B, K) targets are not supported by "
-            f"explanation-consistency scoring (got {describe(target)})"
-        )
-    require_grad_mode("explanation-consistency scoring")
-    module = model if isinstance(model, nn.Module) else None
-    with preserved_state(module, eval_mode=True), torch.enable_grad():
-        heat = grad_cam(model, inputs, target, layer, upsample=True, normalize=True)
-        foreground = heat >= fg_threshold
-        if fg_dilation > 0:
-            size = 2 * fg_dilation + 1
-            foreground = F.max_pool2d(foreground.to(inputs.dtype), size, stride=1, padding=fg_dilation) > 0
-        background = ~foreground
-        attacked = background_pgd(
-            model,
-            inputs,
-            target,
-            background,
-            eps=eps,
-            step=step,
-            steps=steps,
-            mean=mean,
-            std=std,
-            pixel_range=pixel_range,
-            random_start=random_start,
-            generator=generator,
-            eval_mode=True,
-        )
-        heat_attacked = grad_cam(model, attacked, target, layer, upsample=True, normalize=True)
-        agree = None
-        if prediction_agreement:
-            with torch.no_grad():
-                agree = logits_of(model(attacked)).argmax(1) == logits_of(model(inputs)).argmax(1)
-    consistency, degenerate = _explanation_consistency_update(
-        heat, heat_attacked, agree, similarity=similarity, eps=1e-8
-    )
-    return ConsistencyScores(consistency.to(torch.float64), degenerate, background)
-
-
-def consistency_weights(
-    v: Tensor, clip: tuple[float, float] = (0.1, 5.0), mean: Tensor | float | None = None
-) -> tuple[Tensor, Tensor]:
-    """Sample weights from inconsistencies ``v = 1 − E``: ``w = clip(v / mean v, *clip)`` (ece.md §2.5).
-
-    ``mean`` defaults to the mean of ``v``; pass another (e.g. over the global batch in DDP) to normalise by it.
-    All weights are 1 when the mean is below 1e-6. There is no renormalisation after clipping, so the mean is
-    exactly 1 only when nothing is clipped. Returns the float32 weights and the fraction that was clipped.
-
-    Example:
-        >>> w, clipped = consistency_weights(torch.tensor([0.1, 0.3, 0.0, 0.0]))
-        >>> w, float(clipped)
-        (tensor([1.0000, 3.0000, 0.1000, 0.1000]), 0.5)
-    """
-    v64 = v.to(torch.float64)
-    lo, hi = clip
-    if mean is None:
-        mean = v64.mean() if v64.numel() else v64.new_zeros(())
-    mean_t = torch.as_tensor(mean, dtype=torch.float64, device=v64.device)
-    if not v64.numel() or float(mean_t) < 1e-6:
-        return torch.ones_like(v64, dtype=torch.float32), v64.new_zeros((), dtype=torch.float32)
-    ratio = v64 / mean_t
-    clipped = ((ratio < lo) | (ratio > hi)).to(torch.float32).mean()
-    return ratio.clamp(lo, hi).to(torch.float32), clipped
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def _find_transform_owner(dataset: Any) -> Any:
-    """The innermost dataset (through ``.dataset`` wrappers) that has a ``transform`` attribute."""
-    owner, seen = None, set()
-    while dataset is not None and id(dataset) not in seen:
-        seen.add(id(dataset))
-        if "transform" in getattr(dataset, "__dict__", {}):
-            owner = dataset
-        dataset = vars(dataset).get("dataset") if hasattr(dataset, "__dict__") else None
-    return owner
 
 
 class ExplanationConsistencyReweighting(Callback):
@@ -231,8 +92,10 @@ class ExplanationConsistencyReweighting(Callback):
             pixels; the attack acts on the rest.
         eps, step, steps, random_start: the background PGD, in pixel units (``random_start`` draws from a generator
             seeded by ``seed`` and the epoch or batch).
-        mean, std, pixel_range: how model inputs map to pixels (``x·std + mean``); with ``None`` the inputs must
-            be pixels within ``pixel_range``, else a ``ValueError`` asks for ``mean``/``std``.
+        normalization, pixel_range: how model inputs map to pixels (a
+            :class:`~lightning_xai.explain.Normalization` or a ``(mean, std)`` pair: ``x·std + mean``); with
+            ``None`` the inputs must be pixels within ``pixel_range``, else a ``ValueError`` asks for it.
+            ``mean=``/``std=`` are the deprecated spelling of ``normalization``.
         similarity: ``"cosine"`` (default), ``"pearson"`` or ``"ssim"``, as in
             :class:`~lightning_xai.metrics.ExplanationConsistency`.
         prediction_agreement: multiply E by ``1[argmax f(x̂) = argmax f(x)]``.
@@ -292,51 +155,34 @@ class ExplanationConsistencyReweighting(Callback):
         loss_attr: str | None = None,
         batch_adapter: Callable[[Any], Batch] | None = None,
         log_histogram: bool = True,
+        normalization: Normalization | tuple[Sequence[float], Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         check_in_choices("refresh", refresh, ("epoch", "batch"))
-        check_in_choices("similarity", similarity, ("cosine", "pearson", "ssim"))
+        self.scoring = ConsistencyOptions(
+            layer=layer,
+            fg_threshold=fg_threshold,
+            fg_dilation=fg_dilation,
+            eps=eps,
+            step=step,
+            steps=steps,
+            random_start=random_start,
+            normalization=resolve_normalization(normalization, mean=mean, std=std),
+            pixel_range=pixel_range,
+            similarity=similarity,
+            prediction_agreement=prediction_agreement,
+        )
         for name, value, minimum in (
             ("warmup_epochs", warmup_epochs, 0),
             ("refresh_every", refresh_every, 1),
             ("every_n_steps", every_n_steps, 1),
-            ("fg_dilation", fg_dilation, 0),
-            ("steps", steps, 0),
+            ("seed", seed, -(2**63)),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"`seed` must be an int, got {seed!r}")
-        if isinstance(refresh_fraction, bool) or not isinstance(refresh_fraction, (int, float)):
-            raise ValueError(f"`refresh_fraction` must be a number in (0, 1], got {refresh_fraction!r}")
-        if not 0.0 < float(refresh_fraction) <= 1.0:
-            raise ValueError(f"`refresh_fraction` must be in (0, 1], got {refresh_fraction!r}")
-        if isinstance(fg_threshold, bool) or not isinstance(fg_threshold, (int, float)):
-            raise ValueError(f"`fg_threshold` must be a number in [0, 1], got {fg_threshold!r}")
-        if not 0.0 <= float(fg_threshold) <= 1.0:
-            raise ValueError(f"`fg_threshold` must be in [0, 1], got {fg_threshold!r}")
-        check_positive("eps", eps, allow_zero=True)
-        check_positive("step", step, allow_zero=True)
+            check_int(name, value, minimum)
+        check_number("refresh_fraction", refresh_fraction, strict=True, high=1.0, high_inclusive=True)
         if len(tuple(clip)) != 2 or not 0.0 <= float(clip[0]) <= float(clip[1]):
             raise ValueError(f"`clip` must be (low, high) with 0 <= low <= high, got {clip!r}")
-        if len(tuple(pixel_range)) != 2 or not float(pixel_range[0]) < float(pixel_range[1]):
-            raise ValueError(f"`pixel_range` must be (low, high) with low < high, got {pixel_range!r}")
-        if (mean is None) != (std is None):
-            raise ValueError("pass both `mean` and `std` (normalised inputs) or neither (pixel inputs)")
-        if score_dataloader is not None and not isinstance(score_dataloader, DataLoader):
-            raise TypeError(
-                f"`score_dataloader` must be a torch DataLoader, got {describe(score_dataloader)}"
-            )
-        if score_dataloader is not None and score_transform is not None:
-            raise ValueError("pass `score_dataloader` or `score_transform`, not both")
-        if score_transform is not None and not callable(score_transform):
-            raise TypeError(f"`score_transform` must be callable, got {describe(score_transform)}")
-        if score_batch_size is not None and (
-            isinstance(score_batch_size, bool)
-            or not isinstance(score_batch_size, int)
-            or score_batch_size < 1
-        ):
-            raise ValueError(f"`score_batch_size` must be None or an int >= 1, got {score_batch_size!r}")
+        self._data = ScoringData(score_dataloader, score_transform, score_batch_size)
         for name, value in (("model_attr", model_attr), ("loss_attr", loss_attr)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"`{name}` must be None or an attribute name, got {value!r}")
@@ -347,23 +193,8 @@ class ExplanationConsistencyReweighting(Callback):
         self.refresh_every = refresh_every
         self.refresh_fraction = float(refresh_fraction)
         self.every_n_steps = every_n_steps
-        self.layer = layer
-        self.fg_threshold = float(fg_threshold)
-        self.fg_dilation = fg_dilation
-        self.eps = float(eps)
-        self.step = float(step)
-        self.steps = steps
-        self.random_start = random_start
-        self.mean = mean
-        self.std = std
-        self.pixel_range = (float(pixel_range[0]), float(pixel_range[1]))
-        self.similarity = similarity
-        self.prediction_agreement = prediction_agreement
         self.clip = (float(clip[0]), float(clip[1]))
         self.seed = seed
-        self.score_dataloader = score_dataloader
-        self.score_transform = score_transform
-        self.score_batch_size = score_batch_size
         self.model_attr = model_attr
         self.loss_attr = loss_attr
         self.batch_adapter = batch_adapter
@@ -382,30 +213,14 @@ class ExplanationConsistencyReweighting(Callback):
         self._tap: LossTap | None = None
         self._first_batch_checked = False
         self._network: nn.Module | None = None
-        self._warned_fallback = False
 
     # -- configuration -------------------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        layer = self.layer if isinstance(self.layer, (str, int)) else type(self.layer).__name__
-        return {
-            "layer": layer,
-            "fg_threshold": self.fg_threshold,
-            "fg_dilation": self.fg_dilation,
-            "eps": self.eps,
-            "step": self.step,
-            "steps": self.steps,
-            "random_start": self.random_start,
-            "similarity": self.similarity,
-            "prediction_agreement": self.prediction_agreement,
-            "clip": list(self.clip),
-            "seed": self.seed,
-            "refresh": self.refresh,
-            "refresh_every": self.refresh_every,
-            "refresh_fraction": self.refresh_fraction,
-            "warmup_epochs": self.warmup_epochs,
-            "every_n_steps": self.every_n_steps,
-        }
+        """Every setting that changes the weights: the scoring's (:class:`ConsistencyOptions`) and the
+        schedule's; a checkpoint made with other values warns at load."""
+        schedule = {key: getattr(self, key) for key in _SCHEDULE_KEYS}
+        return {**self.scoring.to_config(), **schedule, "clip": list(self.clip)}
 
     @property
     def next_refresh_epoch(self) -> int:
@@ -427,7 +242,7 @@ class ExplanationConsistencyReweighting(Callback):
         if stage != "fit" or self._tap is not None:
             return
         self._network = self.find_network(pl_module)
-        resolve_layer(self._network, self.layer)  # an unknown layer fails here, not after the warm-up
+        resolve_layer(self._network, self.scoring.layer)  # an unknown layer fails here, not after the warm-up
         self._tap = LossTap.acquire(pl_module, self, self.loss_attr)
         self._first_batch_checked = False
 
@@ -502,59 +317,6 @@ class ExplanationConsistencyReweighting(Callback):
             )
         return self._weights_on[index]
 
-    def _train_dataset(self, trainer: L.Trainer) -> tuple[Dataset, DataLoader]:
-        loader = trainer.train_dataloader
-        if not isinstance(loader, DataLoader):
-            raise TypeError(
-                "ExplanationConsistencyReweighting(refresh='epoch') needs a single training DataLoader, got "
-                f"{describe(loader)}; pass `score_dataloader=` or use refresh='batch'"
-            )
-        return loader.dataset, loader
-
-    def _scoring_source(self, trainer: L.Trainer) -> tuple[Dataset, Callable[..., Any] | None, int, int]:
-        """(dataset, collate_fn, batch size, N) of the scoring pass."""
-        if self.score_dataloader is not None:
-            dataset = self.score_dataloader.dataset
-            n = len(dataset)  # type: ignore[arg-type]
-            train_loader = trainer.train_dataloader
-            if isinstance(train_loader, DataLoader) and len(train_loader.dataset) != n:  # type: ignore[arg-type]
-                raise ValueError(
-                    f"`score_dataloader` has {n} samples but the training set has {len(train_loader.dataset)}; it "  # type: ignore[arg-type]
-                    "must hold the same samples in the same order (without augmentation)"
-                )
-            batch_size = self.score_batch_size or self.score_dataloader.batch_size or 32
-            return dataset, self.score_dataloader.collate_fn, batch_size, n
-        train_set, train_loader = self._train_dataset(trainer)
-        n = len(train_set)  # type: ignore[arg-type]
-        batch_size = self.score_batch_size or train_loader.batch_size or 32
-        if self.score_transform is None and not self._warned_fallback:
-            self._warned_fallback = True
-            rank_zero_warn(
-                "ExplanationConsistencyReweighting scores the training dataset as it is loaded for training: if it "
-                "applies random augmentation, the consistency scores include that noise. Pass "
-                "`score_dataloader=` (the training set without augmentation) or `score_transform=`",
-                category=UserWarning,
-            )
-        return train_set, train_loader.collate_fn, batch_size, n
-
-    @contextmanager
-    def _scoring_transform(self, dataset: Dataset) -> Iterator[None]:
-        if self.score_transform is None:
-            yield
-            return
-        owner = _find_transform_owner(dataset)
-        if owner is None:
-            raise ValueError(
-                "`score_transform` needs a training dataset with a `transform` attribute (also inside wrappers "
-                f"that keep it as `.dataset`); {type(dataset).__name__} has none. Pass `score_dataloader=` instead"
-            )
-        saved = owner.transform
-        owner.transform = self.score_transform
-        try:
-            yield
-        finally:
-            owner.transform = saved
-
     def refresh_indices(self, n: int, epoch: int) -> Tensor:
         """The sorted dataset indices scored at ``epoch``: all of them at the first refresh, later a
         ``refresh_fraction`` drawn from a generator seeded by ``(seed, epoch)`` (the same on every rank)."""
@@ -567,34 +329,15 @@ class ExplanationConsistencyReweighting(Callback):
     def refresh_table(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Score (part of) the training set and recompute every weight; called by all ranks."""
         epoch = trainer.current_epoch
-        dataset, collate_fn, batch_size, n = self._scoring_source(trainer)
         device = pl_module.device
-        indices = self.refresh_indices(n, epoch)
-        world, rank = (dist.get_world_size(), dist.get_rank()) if _distributed() else (1, 0)
-        # As DistributedSampler(shuffle=False, drop_last=False): pad by repeating, then rank r takes r::world.
-        padded = -(-len(indices) // world) * world
-        mine = torch.cat([indices, indices[: padded - len(indices)]])[rank::world]
-        sum_v = torch.zeros(n, dtype=torch.float64, device=device)
-        count = torch.zeros(n, dtype=torch.float64, device=device)
-        degenerate = torch.zeros((), dtype=torch.float64, device=device)
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch + 1) & ((1 << 63) - 1))
-        loader = DataLoader(
-            Subset(dataset, mine.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collate_fn
+        n, sum_v, count, degenerate = self._data.score(
+            trainer,
+            lambda n: self.refresh_indices(n, epoch),
+            lambda parts: self._score(pl_module, parts, generator),
+            self.batch_adapter,
+            device,
         )
-        position = 0
-        with self._scoring_transform(dataset):
-            for batch in loader:
-                parts = split_batch(trainer.strategy.batch_to_device(batch), self.batch_adapter)
-                size = parts.inputs.shape[0]
-                idx = mine[position : position + size].to(device)
-                position += size
-                scores = self._score(pl_module, parts, generator)
-                sum_v.index_add_(0, idx, 1.0 - scores.consistency)
-                count.index_add_(0, idx, torch.ones_like(scores.consistency))
-                degenerate += scores.degenerate.sum()
-        if world > 1:
-            for tensor in (sum_v, count, degenerate):
-                dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         if self.v is None or self.v.numel() != n:
             self.v = torch.zeros(n, dtype=torch.float64)
             self.scored = torch.zeros(n, dtype=torch.bool)
@@ -602,7 +345,7 @@ class ExplanationConsistencyReweighting(Callback):
         seen = count > 0
         v[seen] = sum_v[seen] / count[seen]
         weights, clipped = consistency_weights(v, self.clip)
-        if world > 1:
+        if distributed():
             # Identical ops give identical tables, but a broadcast makes them bitwise equal whatever happened.
             dist.broadcast(v, src=0)
             dist.broadcast(weights, src=0)
@@ -613,7 +356,8 @@ class ExplanationConsistencyReweighting(Callback):
         self._weights_on = weights
         self.last_refresh_epoch = epoch
         self.n_refreshes += 1
-        self._log(
+        log_weights(
+            self,
             trainer,
             pl_module,
             float(self.v.mean()),
@@ -637,11 +381,13 @@ class ExplanationConsistencyReweighting(Callback):
         totals = torch.stack([v.sum(), torch.tensor(float(v.numel()), dtype=v.dtype, device=v.device)])
         degenerate = scores.degenerate.sum().to(v.dtype)
         totals = torch.cat([totals, degenerate[None]])
-        if _distributed():
+        if distributed():
             dist.all_reduce(totals, op=dist.ReduceOp.SUM)
         weights, clipped = consistency_weights(v, self.clip, mean=totals[0] / totals[1].clamp_min(1.0))
         global_v = float(totals[0] / totals[1].clamp_min(1.0))
-        self._log(trainer, pl_module, global_v, weights, clipped, float(totals[2]), int(totals[1]), True)
+        log_weights(
+            self, trainer, pl_module, global_v, weights, clipped, float(totals[2]), int(totals[1]), True
+        )
         return weights
 
     # -- shared --------------------------------------------------------------------------------------------------
@@ -656,63 +402,8 @@ class ExplanationConsistencyReweighting(Callback):
             )
         network = self._network if self._network is not None else self.find_network(pl_module)
         return score_consistency(
-            network,
-            parts.inputs,
-            parts.target,
-            layer=self.layer,
-            fg_threshold=self.fg_threshold,
-            fg_dilation=self.fg_dilation,
-            eps=self.eps,
-            step=self.step,
-            steps=self.steps,
-            mean=self.mean,
-            std=self.std,
-            pixel_range=self.pixel_range,
-            random_start=self.random_start,
-            generator=generator,
-            similarity=self.similarity,
-            prediction_agreement=self.prediction_agreement,
+            network, parts.inputs, parts.target, options=self.scoring, generator=generator
         )
-
-    def _log(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        mean_v: float,
-        weights: Tensor,
-        clipped: Tensor,
-        n_degenerate: float,
-        n_scored: int,
-        on_step: bool,
-    ) -> None:
-        if getattr(pl_module, "_trainer", None) is None or not weights.numel():
-            return
-        w = weights.detach().float().cpu()
-        quantiles = torch.quantile(w, torch.tensor([0.05, 0.5, 0.95]))
-        metrics = {
-            "ece/consistency": 1.0 - mean_v,
-            "ece/inconsistency": mean_v,
-            "ece/weight_p05": float(quantiles[0]),
-            "ece/weight_p50": float(quantiles[1]),
-            "ece/weight_p95": float(quantiles[2]),
-            "ece/clipped_fraction": float(clipped),
-            "ece/n_degenerate": n_degenerate,
-            "ece/n_scored": float(n_scored),
-        }
-        # Logged on every rank from rank-identical values (the table, or all-reduced batch sums for the means);
-        # loggers write from rank 0, and nothing here is a collective.
-        for name, value in metrics.items():
-            pl_module.log(
-                name, value, on_step=on_step, on_epoch=not on_step, batch_size=1, rank_zero_only=True
-            )
-        if not self.log_histogram or not trainer.is_global_zero:
-            return
-        if on_step and trainer.global_step % max(1, trainer.log_every_n_steps):
-            return
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if callable(getattr(experiment, "add_histogram", None)):
-                experiment.add_histogram("ece/weights", w, global_step=trainer.global_step)
 
     # -- checkpoints ---------------------------------------------------------------------------------------------
 
@@ -731,7 +422,7 @@ class ExplanationConsistencyReweighting(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = dict(state_dict.get("config", {}))
         current = self.config()
-        differ = sorted(k for k in _SCORE_KEYS if k in saved and saved[k] != current[k])
+        differ = sorted(k for k in current if k in saved and saved[k] != current[k])
         if differ:
             warnings.warn(
                 f"ExplanationConsistencyReweighting: the checkpoint's weights were scored with other settings "
