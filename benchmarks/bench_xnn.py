@@ -24,7 +24,7 @@ Five XNN settings are compared: the spec's default (PT along images, α_rec = α
 (α_pt = 0), the fork's "features" setting (PT along features, α_rec = 15, α_pt = 5), and the first two with
 ``centre_biases=True``.
 
-    python benchmarks/bench_xnn.py --threads 1          # 10 seeds, about 6 minutes on one free core
+    python benchmarks/bench_xnn.py --threads 1          # 10 seeds, about 8 minutes on one core
     python benchmarks/bench_xnn.py --threads 1 --pool avg --negatives part,part+distractor --seeds 5  # control
     python benchmarks/bench_xnn.py --threads 1 --seeds 3 --igos-images 32   # adds I-GOS heatmaps (slow)
     python benchmarks/bench_xnn.py --quick              # smoke run, one seed, tiny sizes

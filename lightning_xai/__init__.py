@@ -7,9 +7,11 @@ and explanation metrics as torchmetrics Metrics. Every public name is importable
 from .attr import (
     ADVISE,
     IGOS,
-    SAG,
+    IGOSOptions,
     IGOSPlusPlus,
+    IGOSPlusPlusOptions,
     MHEXAttribution,
+    SAGResult,
     SelectorAttribution,
     StructuredAttentionGraph,
     XNNConceptAttribution,
@@ -31,7 +33,15 @@ from .data import (
     TokensDataModule,
     TokensDataset,
 )
-from .explain import background_pgd, compose, gaussian_blur, grad_cam, make_baseline, preserved_state
+from .explain import (
+    Normalization,
+    background_pgd,
+    compose,
+    gaussian_blur,
+    grad_cam,
+    make_baseline,
+    preserved_state,
+)
 from .heads import inject_mhex
 from .models import LogitsForward, list_stages, logits_of, resolve_layer, small_resnet, tokens_to_grid
 from .modules import XNN, ComprehensiveAttribution, Explainer, ImageClassifier, MHEXClassifier
@@ -42,7 +52,6 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ADVISE",
     "IGOS",
-    "SAG",
     "XNN",
     "ComprehensiveAttribution",
     "Explainer",
@@ -50,7 +59,9 @@ __all__ = [
     "ExplanationMetrics",
     "ExplanationWriter",
     "HTMLReport",
+    "IGOSOptions",
     "IGOSPlusPlus",
+    "IGOSPlusPlusOptions",
     "ImageClassifier",
     "ImageFolderDataset",
     "IndexedDataset",
@@ -59,6 +70,8 @@ __all__ = [
     "MHEXAttribution",
     "MHEXClassifier",
     "MultiHeadExplainer",
+    "Normalization",
+    "SAGResult",
     "SaliencyMapLogger",
     "SampleWeightedLossMixin",
     "SelectorAttribution",
@@ -82,3 +95,11 @@ __all__ = [
     "small_resnet",
     "tokens_to_grid",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "SAG":  # the SAG result's earlier name (deprecated)
+        from .attr import sag
+
+        return sag.SAG
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

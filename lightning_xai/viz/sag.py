@@ -27,7 +27,7 @@ from .overlay import _to_hwc
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..attr.sag import SAG, PatchSet
+    from ..attr.sag import PatchSet, SAGResult
 
 __all__ = ["node_thumbnail", "render_sag", "sag_to_dot", "save_sag_png"]
 
@@ -36,7 +36,7 @@ _OUTLINE_WIDTHS = ((0.2, 1.0), (0.6, 2.0), (np.inf, 4.0))
 _DIM = 0.1
 
 
-def _display_image(sag: SAG) -> np.ndarray:
+def _display_image(sag: SAGResult) -> np.ndarray:
     image = sag.image
     low, high = float(image.min()), float(image.max())
     if low >= -1e-3 and high <= 1 + 1e-3:
@@ -44,7 +44,9 @@ def _display_image(sag: SAG) -> np.ndarray:
     return _to_hwc(image)
 
 
-def node_thumbnail(sag: SAG, patches: PatchSet | set[int], image: np.ndarray | None = None) -> np.ndarray:
+def node_thumbnail(
+    sag: SAGResult, patches: PatchSet | set[int], image: np.ndarray | None = None
+) -> np.ndarray:
     """(H, W, 3) picture of a patch set: the image at full brightness under ``U(1_S)``, at 10 % elsewhere.
 
     Example:
@@ -62,7 +64,7 @@ def node_thumbnail(sag: SAG, patches: PatchSet | set[int], image: np.ndarray | N
     return np.clip(rgb * v + _DIM * rgb * (1 - v), 0, 1)
 
 
-def _cell_boxes(sag: SAG, size: tuple[int, int]) -> dict[int, tuple[float, float, float, float]]:
+def _cell_boxes(sag: SAGResult, size: tuple[int, int]) -> dict[int, tuple[float, float, float, float]]:
     """Patch -> (x0, y0, width, height) of its cell in pixel coordinates (pixel edges at ±0.5)."""
     cells = patch_cells(sag.grid_size, size, sag.patch_interpolation)
     boxes = {}
@@ -74,7 +76,7 @@ def _cell_boxes(sag: SAG, size: tuple[int, int]) -> dict[int, tuple[float, float
     return boxes
 
 
-def _levels(sag: SAG, max_per_row: int | None) -> tuple[list[list[PatchSet]], list[int]]:
+def _levels(sag: SAGResult, max_per_row: int | None) -> tuple[list[list[PatchSet]], list[int]]:
     rows: dict[int, list[PatchSet]] = {}
     for key, attributes in sag.nodes.items():
         rows.setdefault(int(attributes["level"]), []).append(key)
@@ -102,7 +104,7 @@ def _outline_width(drop: float) -> float:
 
 
 def render_sag(
-    sag: SAG,
+    sag: SAGResult,
     *,
     node_size: float = 1.0,
     max_per_row: int | None = 12,
@@ -111,7 +113,7 @@ def render_sag(
     caption: bool = True,
     title: str | None = None,
 ) -> Figure:
-    """Draw a :class:`~lightning_xai.attr.SAG` as a matplotlib Figure (close it with ``plt.close(fig)``).
+    """Draw a :class:`~lightning_xai.attr.SAGResult` as a matplotlib Figure (close it with ``plt.close(fig)``).
 
     Args:
         sag: the result of :meth:`~lightning_xai.attr.StructuredAttentionGraph.explain`.
@@ -252,7 +254,7 @@ def render_sag(
     return fig
 
 
-def save_sag_png(sag: SAG, path: str | Path, dpi: int = 150, **style: Any) -> Path:
+def save_sag_png(sag: SAGResult, path: str | Path, dpi: int = 150, **style: Any) -> Path:
     """Render ``sag`` (:func:`render_sag` with ``style``) and write a PNG; returns the path.
 
     Example:
@@ -274,9 +276,9 @@ def save_sag_png(sag: SAG, path: str | Path, dpi: int = 150, **style: Any) -> Pa
     return path
 
 
-def sag_to_dot(sag: SAG, image_dir: str | Path | None = None) -> str:
+def sag_to_dot(sag: SAGResult, image_dir: str | Path | None = None) -> str:
     """The graph in Graphviz DOT, black background as in the reference. Nodes are ``n0, n1, …`` in
-    :attr:`SAG.nodes` order, labelled with their patches and confidence; edges carry the removed patch.
+    :attr:`SAGResult.nodes` order, labelled with their patches and confidence; edges carry the removed patch.
     With ``image_dir``, each node's thumbnail is written there (``n<k>.png``) and shown in the node.
 
     Example:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_xai.attr import IGOS, SAG, StructuredAttentionGraph
+from lightning_xai.attr import IGOS, SAGResult, StructuredAttentionGraph
 from lightning_xai.attr.sag import dnf_string, parse_dnf, patch_cells, patch_masks, select_diverse
 from lightning_xai.data import ShapesDataset
 from lightning_xai.explain import compose
@@ -282,7 +282,7 @@ def test_roots_are_unique_diverse_and_few(two_routes):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def check_graph(result: SAG, max_children: int, node_threshold: float = 0.4) -> None:
+def check_graph(result: SAGResult, max_children: int, node_threshold: float = 0.4) -> None:
     graph = result.to_networkx()
     import networkx as nx
 
@@ -382,7 +382,7 @@ def test_beam_sizes_and_no_set_is_scored_twice(two_routes):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def signature(result: SAG):
+def signature(result: SAGResult):
     return (
         result.candidate_roots,
         result.roots,
@@ -587,3 +587,14 @@ def test_bad_arguments_fail_before_any_model_call(kwargs, error, match):
             torch.rand(2, 3, 16, 16, dtype=torch.float64), **{"grid_size": 4, **kwargs}
         )
     assert recorder.rows == []
+
+
+def test_the_results_earlier_name_still_works_with_a_warning():
+    import lightning_xai
+    from lightning_xai import attr
+
+    for module in (lightning_xai, attr, attr.sag):
+        with pytest.warns(DeprecationWarning, match="SAGResult"):
+            assert module.SAG is SAGResult
+    with pytest.raises(AttributeError):
+        attr.sag.NoSuchName  # noqa: B018

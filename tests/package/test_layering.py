@@ -41,7 +41,7 @@ LAYERS: dict[str, int] = {
 }
 
 # (importing file, imported part): deprecated shims that keep an earlier method working until it is removed.
-DEPRECATED_SHIMS = {("attr/sag.py", "viz")}
+DEPRECATED_SHIMS = {("attr/sag/result.py", "viz")}
 
 
 def _modules() -> list[Path]:
