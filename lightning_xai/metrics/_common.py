@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_in_choices, check_tensor, describe, format_target
+from .._checks import check_in_choices, check_same_device, check_tensor, describe, format_target
 from ..explain import preserved_state
-from ..models import check_logits, logits_of
+from ..models import LogitsForward, check_logits, logits_of
 
 ChannelReduction = Literal["sum", "sum_abs", "max_abs", "none"]
 Score = Literal["softmax", "logit"]
@@ -114,3 +114,41 @@ def resolve_target(
 def model_context(forward_func: object, force_eval: bool):
     """Eval mode for the call (when asked) with every flag and hook restored afterwards."""
     return preserved_state(forward_func, eval_mode=force_eval)
+
+
+def acc_dtype(device: torch.device) -> torch.dtype:
+    # Sums over many pixels and ratios of large counts are formed in float64 wherever the device has it.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def mean_compute(total: Tensor, count: Tensor) -> Tensor:
+    """``total / count`` as a float scalar; NaN when nothing was counted."""
+    return (total.double() / count.double()).float() if total.device.type != "mps" else total / count
+
+
+def forward_of(forward_func: Callable[..., Any]) -> tuple[LogitsForward, torch.nn.Module | None]:
+    forward = LogitsForward(forward_func)
+    return forward, forward.module
+
+
+def check_inputs_and_maps(
+    inputs: Tensor, attributions: Tensor, channel_reduction: ChannelReduction
+) -> tuple[Tensor, Tensor]:
+    check_tensor("inputs", inputs, ndim=4, floating=True)
+    if channel_reduction == "none":
+        raise ValueError("`channel_reduction` must be 'sum', 'sum_abs' or 'max_abs' here, got 'none'")
+    maps = to_maps(attributions, channel_reduction)
+    if maps.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            f"`attributions` must have the inputs' batch size {inputs.shape[0]}, got {describe(attributions)}"
+        )
+    if attributions.ndim == 4 and attributions.shape[1] not in (1, inputs.shape[1]):
+        raise ValueError(
+            f"`attributions` must have 1 or {inputs.shape[1]} channels (the inputs'), got {describe(attributions)}"
+        )
+    check_same_device("attributions", attributions, inputs.device, "`inputs`")
+    return inputs, maps
+
+
+def at_least_float32(values: Tensor) -> Tensor:
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values

@@ -14,9 +14,8 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from .._checks import check_in_choices
-from ._common import ChannelReduction
+from ._common import ChannelReduction, mean_compute
 from .functional.complexity import _complexity_update, _sparseness_update
-from .functional.localisation import _mean_compute
 
 __all__ = ["Complexity", "Sparseness"]
 
@@ -61,7 +60,7 @@ class _PerSampleMean(Metric):
             self.scores.append(torch.where(valid, scores, torch.nan).to(self.score_sum.dtype))
 
     def compute(self) -> Tensor | dict[str, Tensor]:
-        mean = _mean_compute(self.score_sum, self.count)
+        mean = mean_compute(self.score_sum, self.count)
         if not self.return_per_sample:
             return mean
         scores = dim_zero_cat(self.scores) if len(self.scores) else self.score_sum.new_zeros(0)

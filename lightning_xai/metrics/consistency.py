@@ -11,14 +11,13 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from ._common import ChannelReduction
+from ._common import ChannelReduction, mean_compute
 from .functional.consistency import (
     NonNeg,
     Similarity,
     _check_consistency_args,
     _explanation_consistency_update,
 )
-from .functional.localisation import _mean_compute
 
 __all__ = ["ExplanationConsistency"]
 
@@ -115,7 +114,7 @@ class ExplanationConsistency(Metric):
             self.scores.append(scores.to(self.sum.dtype))
 
     def compute(self) -> Tensor | dict[str, Tensor]:
-        mean = _mean_compute(self.sum, self.count)
+        mean = mean_compute(self.sum, self.count)
         if not self.return_per_sample:
             return mean
         scores = dim_zero_cat(self.scores) if len(self.scores) else self.sum.new_zeros(0)

@@ -14,21 +14,16 @@ from .._checks import check_in_choices, check_internal_batch_size
 from ..explain.avx import _average_drop_update
 from ..explain.baselines import BaselineSpec
 from ..models import LogitsForward
-from ._common import ChannelReduction, Score
-from .functional.faithfulness import (
+from ._common import ChannelReduction, Score, mean_compute
+from .functional.confidence import (
     ConfidenceForm,
-    Integration,
     Normalize,
-    Preset,
-    Resolution,
     _confidence_update,
     _increase_in_confidence_update,
-    _mean_compute,
-    _perturbation_curve_compute,
-    _perturbation_curve_update,
     check_confidence_args,
-    curve_settings,
 )
+from .functional.curve_settings import Integration, Preset, Resolution, curve_settings
+from .functional.faithfulness import _perturbation_curve_compute, _perturbation_curve_update
 
 
 class _ForwardHolder:
@@ -312,7 +307,7 @@ class AverageDrop(_ConfidenceMetric):
         self.count += y.numel()
 
     def compute(self) -> Tensor:
-        return _mean_compute(self.drop_sum, self.count)
+        return mean_compute(self.drop_sum, self.count)
 
 
 class IncreaseInConfidence(_ConfidenceMetric):
@@ -348,4 +343,4 @@ class IncreaseInConfidence(_ConfidenceMetric):
         self.count += y.numel()
 
     def compute(self) -> Tensor:
-        return _mean_compute(self.inc_sum, self.count)
+        return mean_compute(self.inc_sum, self.count)

@@ -14,22 +14,23 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from .._checks import check_in_choices
-from ._common import ChannelReduction
+from ._common import ChannelReduction, mean_compute
 from .functional.localisation import (
     Average,
     UnitNormalize,
     _check_iou_auc_args,
     _check_pointing_game_args,
-    _check_pxap_args,
     _energy_pointing_game_update,
-    _format_thresholds,
     _iou_auc_compute,
     _iou_auc_update,
-    _mean_compute,
-    _pixel_average_precision_compute,
-    _pixel_average_precision_update,
     _pointing_game_compute,
     _pointing_game_update,
+)
+from .functional.pxap import (
+    _check_pxap_args,
+    _format_thresholds,
+    _pixel_average_precision_compute,
+    _pixel_average_precision_update,
 )
 
 __all__ = ["EnergyPointingGame", "IoUAUC", "PixelAveragePrecision", "PointingGame"]
@@ -180,7 +181,7 @@ class EnergyPointingGame(Metric):
         self.n_skipped += skipped
 
     def compute(self) -> Tensor:
-        return _mean_compute(self.score_sum, self.count)
+        return mean_compute(self.score_sum, self.count)
 
 
 class IoUAUC(Metric):

@@ -17,7 +17,7 @@ from torchmetrics import MetricCollection
 
 from lightning_xai.explain import gaussian_blur
 from lightning_xai.metrics.faithfulness import AverageDrop, DeletionAUC, IncreaseInConfidence, InsertionAUC
-from lightning_xai.metrics.functional.faithfulness import (
+from lightning_xai.metrics.functional import (
     average_drop,
     deletion_auc,
     increase_in_confidence,

@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from lightning_xai.metrics.functional.localisation import (
-    _count_sorted,
+from lightning_xai.metrics.functional import (
     energy_pointing_game,
     iou_auc,
     pixel_average_precision,
     pointing_game,
 )
+from lightning_xai.metrics.functional.localisation import _count_sorted
 from lightning_xai.metrics.localisation import EnergyPointingGame, IoUAUC, PixelAveragePrecision, PointingGame
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -12,14 +12,14 @@ from torchmetrics import MetricCollection
 
 from lightning_xai.metrics.complexity import Complexity, Sparseness
 from lightning_xai.metrics.consistency import ExplanationConsistency
-from lightning_xai.metrics.functional.complexity import complexity, sparseness
-from lightning_xai.metrics.functional.consistency import explanation_consistency
-from lightning_xai.metrics.functional.localisation import (
+from lightning_xai.metrics.functional import (
     energy_pointing_game,
     iou_auc,
     pixel_average_precision,
     pointing_game,
 )
+from lightning_xai.metrics.functional.complexity import complexity, sparseness
+from lightning_xai.metrics.functional.consistency import explanation_consistency
 from lightning_xai.metrics.localisation import EnergyPointingGame, IoUAUC, PixelAveragePrecision, PointingGame
 
 

@@ -8,10 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lightning_xai.metrics.functional.randomization import (
+from lightning_xai.metrics.functional.randomization import model_randomization_check, randomization_layers
+from lightning_xai.metrics.functional.similarity import (
     average_tie_ranks,
-    model_randomization_check,
-    randomization_layers,
     spearman_similarity,
     ssim_similarity,
 )

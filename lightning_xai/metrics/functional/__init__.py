@@ -3,10 +3,13 @@
 from .avx import avx_score
 from .background_consistency import ConsistencyOptions, ConsistencyScores, score_consistency
 from .complexity import complexity, sparseness
+from .confidence import average_drop, increase_in_confidence
 from .consistency import explanation_consistency
-from .faithfulness import average_drop, deletion_auc, increase_in_confidence, insertion_auc
-from .localisation import energy_pointing_game, iou_auc, pixel_average_precision, pointing_game
-from .randomization import model_randomization_check, spearman_similarity, ssim_similarity
+from .faithfulness import deletion_auc, insertion_auc
+from .localisation import energy_pointing_game, iou_auc, pointing_game
+from .pxap import pixel_average_precision
+from .randomization import model_randomization_check
+from .similarity import spearman_similarity, ssim_similarity
 
 __all__ = [
     "ConsistencyOptions",

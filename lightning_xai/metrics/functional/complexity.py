@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from ..._checks import check_in_choices
-from .._common import ChannelReduction, to_maps
-from .localisation import _acc_dtype
+from .._common import ChannelReduction, acc_dtype, to_maps
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -24,7 +23,7 @@ __all__ = ["complexity", "sparseness"]
 def _normalised_magnitudes(attributions: Tensor, channel_reduction: ChannelReduction = "none") -> Tensor:
     """(B, n) per-sample ``|attr| / max |attr|``; an all-zero map is left as zeros."""
     maps = to_maps(attributions, channel_reduction)
-    flat = maps.flatten(1).to(_acc_dtype(maps.device)).abs()
+    flat = maps.flatten(1).to(acc_dtype(maps.device)).abs()
     top = flat.amax(1, keepdim=True)
     return torch.where(top > 0, flat / top.clamp_min(torch.finfo(flat.dtype).tiny), flat)
 

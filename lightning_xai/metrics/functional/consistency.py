@@ -15,8 +15,7 @@ from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from ..._checks import check_in_choices, check_positive, check_tensor, describe
-from .._common import ChannelReduction, to_maps
-from .localisation import _acc_dtype
+from .._common import ChannelReduction, acc_dtype, to_maps
 
 Similarity = Literal["cosine", "pearson", "ssim"]
 NonNeg = Literal["relu", "abs", "none"]
@@ -117,7 +116,7 @@ def _explanation_consistency_update(
     maps_a, maps_b = _prepare_pair(attributions_a, attributions_b, nonneg, channel_reduction)
     flags = _format_agree(agree, maps_a.shape[0], maps_a.device)
     # float64 so that E = 1 holds to 1e-6 for identical maps (ece.md §2.4).
-    dtype = _acc_dtype(maps_a.device)
+    dtype = acc_dtype(maps_a.device)
     maps_a, maps_b = maps_a.to(dtype), maps_b.to(dtype)
     if similarity == "ssim":
         kwargs = dict(ssim_kwargs or {})

@@ -1,16 +1,14 @@
-"""Faithfulness metrics: deletion / insertion curves (I-GOS and RISE protocols), Average Drop and Increase in
-Confidence (Grad-CAM++).
+"""Faithfulness by perturbation: deletion / insertion curves (I-GOS and RISE protocols).
 
-The math lives once here, in ``_perturbation_curve_update`` / ``_perturbation_curve_compute`` and
-``_confidence_update``; the public functions below and the ``Metric`` classes in
-``lightning_xai.metrics.faithfulness`` both call them.
+The math lives once here, in ``_perturbation_curve_update`` / ``_perturbation_curve_compute``; the public
+functions below and the ``Metric`` classes in ``lightning_xai.metrics.faithfulness`` both call them. The
+protocols are in ``curve_settings``; Average Drop and Increase in Confidence in ``confidence``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -21,154 +19,23 @@ from ..._checks import (
     check_in_choices,
     check_inputs_on_model_device,
     check_internal_batch_size,
-    check_positive,
-    check_same_device,
-    check_tensor,
-    describe,
     format_target,
 )
 from ...explain import make_baseline
-from ...explain.avx import _average_drop_update
 from ...explain.baselines import BaselineSpec
-from ...models import LogitsForward, check_logits
+from ...models import check_logits
 from .._common import (
     ChannelReduction,
     Score,
-    chunked_scores,
+    at_least_float32,
+    check_inputs_and_maps,
+    forward_of,
     model_context,
     resize_maps,
     resolve_target,
     scores_from_logits,
-    to_maps,
 )
-
-Preset = Literal["igos", "rise"]
-Integration = Literal["right", "trapezoid"]
-Normalize = Literal["minmax", "max", "none"]
-ConfidenceForm = Literal["standard", "reference"]
-Resolution = int | tuple[int, int] | None | str
-
-# Default settings of each protocol. ``cells_per_step`` is a rule, resolved once the grid size is known:
-# "fiftieth" is I-GOS' max(1, n // 50), "row" is RISE's one image row (grid width) per step.
-_PRESETS: dict[str, dict[str, Any]] = {
-    "igos": {
-        "resolution": (28, 28),
-        "cells_per_step": "fiftieth",
-        "baseline": {"deletion": "blur", "insertion": "blur"},
-        "blur_kernel": 51,
-        "blur_sigma": 50.0,
-        "integration": "right",
-    },
-    "rise": {
-        "resolution": None,
-        "cells_per_step": "row",
-        "baseline": {"deletion": "zeros", "insertion": "blur"},
-        "blur_kernel": 11,
-        "blur_sigma": 5.0,
-        "integration": "trapezoid",
-    },
-}
-
-
-@dataclass(frozen=True)
-class CurveSettings:
-    """The resolved protocol of one deletion or insertion curve (see :func:`curve_settings`)."""
-
-    mode: Literal["deletion", "insertion"]
-    resolution: tuple[int, int] | None
-    cells_per_step: int | str
-    baseline: BaselineSpec
-    blur_kernel: int
-    blur_sigma: float
-    integration: Integration
-
-
-def curve_settings(
-    mode: str,
-    preset: str = "igos",
-    resolution: Resolution = "preset",
-    cells_per_step: int | None = None,
-    baseline: BaselineSpec | None = None,
-    blur_kernel: int | None = None,
-    blur_sigma: float | None = None,
-    integration: str | None = None,
-) -> CurveSettings:
-    """Validate the curve arguments and fill the unset ones (``None``, or ``"preset"`` for ``resolution``)
-    from ``preset``."""
-    check_in_choices("mode", mode, ("deletion", "insertion"))
-    check_in_choices("preset", preset, tuple(_PRESETS))
-    defaults = _PRESETS[preset]
-    if isinstance(resolution, str):
-        if resolution != "preset":
-            raise ValueError(
-                f"`resolution` must be 'preset', None (rank pixels), an int or a (height, width) pair, got {resolution!r}"
-            )
-        resolution = defaults["resolution"]
-    elif resolution is not None:
-        pair = (resolution, resolution) if isinstance(resolution, int) else resolution
-        if (
-            not isinstance(pair, (tuple, list))
-            or len(pair) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)
-        ):
-            raise ValueError(
-                f"`resolution` must be 'preset', None (rank pixels), a positive int or a pair of positive ints, "
-                f"got {resolution!r}"
-            )
-        resolution = (int(pair[0]), int(pair[1]))
-    if cells_per_step is None:
-        cells_per_step = defaults["cells_per_step"]
-    elif isinstance(cells_per_step, bool) or not isinstance(cells_per_step, int) or cells_per_step < 1:
-        raise ValueError(
-            f"`cells_per_step` must be a positive int or None (the preset's rule), got {cells_per_step!r}"
-        )
-    if baseline is None:
-        baseline = defaults["baseline"][mode]
-    blur_kernel = defaults["blur_kernel"] if blur_kernel is None else blur_kernel
-    if (
-        isinstance(blur_kernel, bool)
-        or not isinstance(blur_kernel, int)
-        or blur_kernel < 1
-        or blur_kernel % 2 == 0
-    ):
-        raise ValueError(f"`blur_kernel` must be a positive odd int, got {blur_kernel!r}")
-    blur_sigma = defaults["blur_sigma"] if blur_sigma is None else blur_sigma
-    check_positive("blur_sigma", blur_sigma)
-    integration = defaults["integration"] if integration is None else integration
-    check_in_choices("integration", integration, ("right", "trapezoid"))
-    if isinstance(baseline, str):
-        check_in_choices("baseline", baseline, ("blur", "zeros", "black", "mean"))
-    elif not (isinstance(baseline, (int, float, Tensor)) or callable(baseline)) or isinstance(baseline, bool):
-        raise TypeError(
-            f"`baseline` must be 'blur', 'zeros', 'mean', a number, a tensor or a callable, got {describe(baseline)}"
-        )
-    return CurveSettings(
-        mode, resolution, cells_per_step, baseline, blur_kernel, float(blur_sigma), integration
-    )
-
-
-def _forward_of(forward_func: Callable[..., Any]) -> tuple[LogitsForward, torch.nn.Module | None]:
-    forward = LogitsForward(forward_func)
-    return forward, forward.module
-
-
-def _check_inputs_and_maps(
-    inputs: Tensor, attributions: Tensor, channel_reduction: ChannelReduction
-) -> tuple[Tensor, Tensor]:
-    check_tensor("inputs", inputs, ndim=4, floating=True)
-    if channel_reduction == "none":
-        raise ValueError("`channel_reduction` must be 'sum', 'sum_abs' or 'max_abs' here, got 'none'")
-    maps = to_maps(attributions, channel_reduction)
-    if maps.shape[0] != inputs.shape[0]:
-        raise ValueError(
-            f"`attributions` must have the inputs' batch size {inputs.shape[0]}, got {describe(attributions)}"
-        )
-    if attributions.ndim == 4 and attributions.shape[1] not in (1, inputs.shape[1]):
-        raise ValueError(
-            f"`attributions` must have 1 or {inputs.shape[1]} channels (the inputs'), got {describe(attributions)}"
-        )
-    check_same_device("attributions", attributions, inputs.device, "`inputs`")
-    return inputs, maps
+from .curve_settings import CurveSettings, Integration, Preset, Resolution, curve_settings
 
 
 def _ranking_grid(maps: Tensor, resolution: tuple[int, int] | None, size: tuple[int, int]) -> Tensor:
@@ -231,10 +98,10 @@ def _perturbation_curve_update(
     """
     check_in_choices("score", score, ("softmax", "logit"))
     check_internal_batch_size(internal_batch_size, allow_none=False)
-    inputs, maps = _check_inputs_and_maps(inputs, attributions, channel_reduction)
+    inputs, maps = check_inputs_and_maps(inputs, attributions, channel_reduction)
     batch, _, height, width = inputs.shape
     formatted = format_target(target, batch, None, inputs.device)
-    forward, module = _forward_of(forward_func)
+    forward, module = forward_of(forward_func)
     check_inputs_on_model_device("inputs", inputs, module)
 
     grid = _ranking_grid(maps, settings.resolution, (height, width))
@@ -272,7 +139,7 @@ def _perturbation_curve_update(
             sample = torch.arange(begin, stop, device=inputs.device).div(points, rounding_mode="floor")
             chunk_target = formatted.index_select(0, sample)
             scores.append(scores_from_logits(logits, score).gather(1, chunk_target[:, None])[:, 0])
-    curves = _at_least_float32(torch.cat(scores).view(batch, points))
+    curves = at_least_float32(torch.cat(scores).view(batch, points))
     weights = (counts[1:] - counts[:-1]).to(curves.dtype) / counts[-1]
     if settings.integration == "right":
         auc = (curves[:, 1 - first :] * weights).sum(1)
@@ -328,10 +195,6 @@ def _perturbed_chunk(
             out=dest,
         )
     return out
-
-
-def _at_least_float32(values: Tensor) -> Tensor:
-    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
 def _check_target_range(target: Tensor, num_classes: int) -> None:
@@ -508,159 +371,3 @@ def insertion_auc(
         return_curves=return_curves,
         reduction=reduction,
     )
-
-
-def check_confidence_args(normalize: str, form: str, score: str, internal_batch_size: int) -> None:
-    check_in_choices("normalize", normalize, ("minmax", "max", "none"))
-    check_in_choices("form", form, ("standard", "reference"))
-    check_in_choices("score", score, ("softmax", "logit"))
-    check_internal_batch_size(internal_batch_size, allow_none=False)
-
-
-def _explanation_weights(maps: Tensor, normalize: Normalize) -> Tensor:
-    """Per-sample normalisation of (B,H,W) maps into the weights E of x̃ = E ⊙ x."""
-    if normalize == "none":
-        return maps
-    flat = maps.flatten(1)
-    high = flat.amax(1)
-    if normalize == "max":
-        low = flat.amin(1)
-        if bool((low < 0).any()):
-            raise ValueError(
-                "`normalize='max'` expects non-negative maps (e.g. ReLU'd CAMs), got a minimum of "
-                f"{float(low.min()):.4g}; use normalize='minmax'"
-            )
-        scale = torch.where(high > 0, high, torch.ones_like(high))
-        return maps / scale[:, None, None]
-    low = flat.amin(1)
-    span = high - low
-    # A constant map carries no ranking: it keeps nothing (E = 0) rather than dividing by zero.
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    weights = (maps - low[:, None, None]) / safe[:, None, None]
-    return torch.where((span > 0)[:, None, None], weights, torch.zeros_like(weights))
-
-
-def _confidence_update(
-    forward_func: Callable[..., Any],
-    inputs: Tensor,
-    attributions: Tensor,
-    target: object,
-    *,
-    normalize: Normalize = "minmax",
-    form: ConfidenceForm = "standard",
-    channel_reduction: ChannelReduction = "sum",
-    score: Score = "softmax",
-    force_eval: bool = True,
-    internal_batch_size: int = 128,
-) -> tuple[Tensor, Tensor]:
-    """Scores ``y_c`` on the clean inputs and ``o`` on x̃ = E ⊙ x (B,) each, in ``2 ceil(B / ibs)`` model calls.
-
-    ``o`` is the score of class c (``form="standard"``) or the top score (``form="reference"``).
-    """
-    check_confidence_args(normalize, form, score, internal_batch_size)
-    inputs, maps = _check_inputs_and_maps(inputs, attributions, channel_reduction)
-    batch = inputs.shape[0]
-    format_target(target, batch, None, inputs.device)
-    forward, module = _forward_of(forward_func)
-    check_inputs_on_model_device("inputs", inputs, module)
-    weights = _explanation_weights(resize_maps(maps, tuple(inputs.shape[-2:])), normalize)
-    with model_context(module, force_eval), torch.no_grad():
-        formatted, clean = resolve_target(
-            forward, inputs, target, score=score, internal_batch_size=internal_batch_size
-        )
-        masked = inputs * weights.unsqueeze(1).to(inputs.dtype)
-        explained = chunked_scores(
-            forward, masked, None, score=score, internal_batch_size=internal_batch_size
-        )
-    y = clean.gather(1, formatted[:, None])[:, 0]
-    o = explained.amax(1) if form == "reference" else explained.gather(1, formatted[:, None])[:, 0]
-    return _at_least_float32(y), _at_least_float32(o)
-
-
-def _increase_in_confidence_update(y: Tensor, o: Tensor) -> Tensor:
-    """Per-sample indicator ``o > y``."""
-    return (o > y).float()
-
-
-def _mean_compute(total: Tensor, count: Tensor) -> Tensor:
-    return total / count
-
-
-def average_drop(
-    forward_func: Callable[..., Any],
-    inputs: Tensor,
-    attributions: Tensor,
-    target: object = None,
-    *,
-    normalize: Normalize = "minmax",
-    form: ConfidenceForm = "standard",
-    channel_reduction: ChannelReduction = "sum",
-    score: Score = "softmax",
-    force_eval: bool = True,
-    internal_batch_size: int = 128,
-) -> Tensor:
-    """Average Drop (Grad-CAM++) of a batch: ``mean_i max(0, y_c - o_c) / (y_c + 1e-7)`` (lower is better).
-    See :class:`~lightning_xai.metrics.AverageDrop` for every argument.
-
-    Example:
-        >>> import torch
-        >>> from lightning_xai.metrics.functional import average_drop
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
-        >>> value = average_drop(model, torch.rand(2, 3, 8, 8), torch.rand(2, 4, 4))
-        >>> bool(0 <= value <= 1)
-        True
-    """
-    y, o = _confidence_update(
-        forward_func,
-        inputs,
-        attributions,
-        target,
-        normalize=normalize,
-        form=form,
-        channel_reduction=channel_reduction,
-        score=score,
-        force_eval=force_eval,
-        internal_batch_size=internal_batch_size,
-    )
-    drops = _average_drop_update(y, o)
-    return _mean_compute(drops.sum(), torch.tensor(drops.numel(), device=drops.device))
-
-
-def increase_in_confidence(
-    forward_func: Callable[..., Any],
-    inputs: Tensor,
-    attributions: Tensor,
-    target: object = None,
-    *,
-    normalize: Normalize = "minmax",
-    form: ConfidenceForm = "standard",
-    channel_reduction: ChannelReduction = "sum",
-    score: Score = "softmax",
-    force_eval: bool = True,
-    internal_batch_size: int = 128,
-) -> Tensor:
-    """Increase in Confidence (Grad-CAM++) of a batch: the fraction of samples with ``o_c > y_c`` (higher is
-    better). See :class:`~lightning_xai.metrics.IncreaseInConfidence` for every argument.
-
-    Example:
-        >>> import torch
-        >>> from lightning_xai.metrics.functional import increase_in_confidence
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
-        >>> value = increase_in_confidence(model, torch.rand(2, 3, 8, 8), torch.rand(2, 4, 4))
-        >>> bool(0 <= value <= 1)
-        True
-    """
-    y, o = _confidence_update(
-        forward_func,
-        inputs,
-        attributions,
-        target,
-        normalize=normalize,
-        form=form,
-        channel_reduction=channel_reduction,
-        score=score,
-        force_eval=force_eval,
-        internal_batch_size=internal_batch_size,
-    )
-    increases = _increase_in_confidence_update(y, o)
-    return _mean_compute(increases.sum(), torch.tensor(increases.numel(), device=increases.device))
