@@ -42,7 +42,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 from torch import nn
 
 from lightning_xai.attr import ADVISE
-from lightning_xai.attr.advise import _rescale, _upsample
+from lightning_xai.attr.advise.groups import rescale_maps, upsample_maps
 from lightning_xai.data import ShapesDataModule, ShapesDataset
 from lightning_xai.metrics import AVX
 from lightning_xai.metrics.functional import deletion_auc, insertion_auc, pointing_game
@@ -244,7 +244,7 @@ def run_quality(args, model, mean, std) -> list[dict]:
             chosen = details.selected_group.clamp_min(0)
             second = details.runner_up_maps[index, chosen].unsqueeze(1)
             extra = {"groups": float(details.valid_groups.sum(1).float().mean())}
-            return _upsample(maps, size), _upsample(second, size), extra
+            return upsample_maps(maps, size), upsample_maps(second, size), extra
 
         return explain
 
@@ -253,7 +253,7 @@ def run_quality(args, model, mean, std) -> list[dict]:
         maps = []
         for target in (labels, runner_up):
             cam = layer_gc.attribute(x, target=target, relu_attributions=True)
-            maps.append(_rescale(LayerAttribution.interpolate(cam, size, "bilinear")))
+            maps.append(rescale_maps(LayerAttribution.interpolate(cam, size, "bilinear")))
         return maps[0], maps[1], {}
 
     def random_maps():

@@ -16,7 +16,7 @@ from captum.attr import visualization as viz
 from torch import nn
 
 from lightning_xai.attr import ADVISE, ADVISEDetails
-from lightning_xai.attr.advise import _rescale, _upsample, group_cams
+from lightning_xai.attr.advise.groups import group_cams, rescale_maps, upsample_maps
 from lightning_xai.metrics import ModelRandomizationCheck
 from lightning_xai.metrics.functional import avx_score
 
@@ -131,8 +131,8 @@ def test_avx_selection_scores_groups_with_the_avx_metric():
         torch.isnan(scores["avx"][valid]).any()
     )
     for b, g in valid.nonzero().tolist():
-        top1 = _upsample(details.group_maps[b, g][None, None], (24, 24))[0]
-        top2 = _upsample(details.runner_up_maps[b, g][None, None], (24, 24))[0]
+        top1 = upsample_maps(details.group_maps[b, g][None, None], (24, 24))[0]
+        top2 = upsample_maps(details.runner_up_maps[b, g][None, None], (24, 24))[0]
         expected = avx_score(
             model,
             images[b : b + 1],
@@ -378,6 +378,6 @@ def test_bad_arguments():
 
 def test_rescale_maps_constant_to_zero():
     maps = torch.tensor([[[[1.0, 3.0], [2.0, 1.0]], [[2.0, 2.0], [2.0, 2.0]]]])
-    out = _rescale(maps)
+    out = rescale_maps(maps)
     torch.testing.assert_close(out[0, 0], torch.tensor([[0.0, 1.0], [0.5, 0.0]]))
     assert not bool(out[0, 1].any())

@@ -1,23 +1,9 @@
-"""ADVISE: adaptive feature relevance and visual explanations (Dehshibi, Ashtari-Majlan, Adhane, Masip;
-arXiv 2203.01289), as a Captum layer attribution. Documented in ``docs/methods/advise.md``.
-
-Per image, at a feature layer ``A`` (C × h × w):
-
-1. every channel's activation values get a locally adaptive kernel density estimate (:mod:`.kde`) on
-   ``linspace(0, 1, h·w)``; its number of peaks ``n_k`` is the channel's relevance descriptor;
-2. the channels are grouped by ``n_k``; each group ``g`` gets a Grad-CAM of the explained class ``c1`` and of the
-   runner-up ``c2`` with the whole-layer weights of the **softmax probability** restricted to the group's
-   channels, ``L_g^c = ReLU(Σ_{k: n_k = g} α_k^c A_k)``, min-max rescaled;
-3. the map returned is the group with the best AVX (:class:`~lightning_xai.metrics.AVX`, ADVISE's evaluation
-   protocol; its scoring is reused, not copied), or with ``selection="largest_group"`` the group with the most
-   channels, which needs no extra model calls.
-"""
+"""The ADVISE attribution class: the forward and backward pass, the KDE relevance, and the group selection."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -25,15 +11,16 @@ import torch.nn.functional as F
 from captum.attr import LayerAttribution
 from torch import Tensor, nn
 
-from .._checks import (
+from ..._checks import (
+    check_flag,
     check_in_choices,
     check_inputs_on_model_device,
     check_internal_batch_size,
     describe,
     format_target,
 )
-from ..explain import Normalization, preserved_state, require_grad_mode, resolve_normalization
-from ..explain.avx import (
+from ...explain import Normalization, preserved_state, require_grad_mode, resolve_normalization
+from ...explain.avx import (
     AVX_KEYS,
     AdForm,
     MaskMode,
@@ -43,10 +30,10 @@ from ..explain.avx import (
     check_avx_args,
     make_normalizer,
 )
-from ..explain.hooks import ActivationTap, forward_hook
-from ..models import LogitsForward, check_logits, resolve_layer
-from ._base import check_forward_func
-from ._common import (
+from ...explain.hooks import ActivationTap, forward_hook
+from ...models import LogitsForward, check_logits, resolve_layer
+from .._base import check_forward_func
+from .._common import (
     chunk_bounds,
     format_additional_forward_args,
     format_inputs,
@@ -54,9 +41,10 @@ from ._common import (
     select_forward_args,
     warn_if_training,
 )
-from .kde import adaptive_kde
+from ..kde import adaptive_kde
+from .groups import ADVISEDetails, group_cams, rescale_maps, upsample_maps
 
-__all__ = ["ADVISE", "ADVISEDetails", "group_cams"]
+__all__ = ["ADVISE"]
 
 Selection = Literal["avx", "largest_group"]
 ActivationScaling = Literal["none", "minmax"]
@@ -66,83 +54,6 @@ _PIXEL_MAX = 255.0
 _MIN_SIDE = 11
 # Pixels recovered from normalised inputs may leave [0, 1] by round-off; more than this is an error.
 _PIXEL_TOLERANCE = 1e-4
-
-
-@dataclass
-class ADVISEDetails:
-    """What :meth:`ADVISE.attribute` computed, per image (``return_details=True``).
-
-    Groups are indexed by their peak count ``g`` = 0 … G−1 (G = the largest ``n_k`` in the batch + 1).
-
-    Attributes:
-        relevance: (B, C) ``n_k``, the number of density peaks of each channel (0: no peak or a failed KDE).
-        group_sizes: (B, G) ``|K_g|``, the channels with ``n_k = g``.
-        valid_groups: (B, G) the groups that compete: non-empty, with a non-zero map of ``c1``.
-        group_maps: (B, G, h, w) the rescaled group maps ``L_g^{c1}`` at the layer's resolution (zeros for
-            empty groups).
-        runner_up_maps: (B, G, h, w) the same for ``c2`` (AVX's class-sensitivity term).
-        group_scores: AVX and its components (keys of :data:`~lightning_xai.metrics.functional.avx.AVX_KEYS`),
-            (B, G) each, NaN for groups that were not scored; empty with ``selection="largest_group"``.
-        selected_group: (B,) the chosen ``g``; −1 where no group survived and the whole-layer Grad-CAM was
-            returned.
-        selected_size: (B,) ``|K_g|`` of the chosen group (C for the whole-layer fallback).
-        target: (B,) the explained class ``c1``.
-        runner_up: (B,) ``c2``, the most probable other class.
-        dropped_fraction: (B,) the fraction of activation values the KDE ignored (outside [0, 1]).
-        time_per_group: (B,) the image's share of the KDE time divided by its number of valid groups
-            (ADVISE's reported cost; depends on the machine).
-        timings: seconds of each stage of the call: ``forward_backward``, ``kde``, ``groups``, ``selection``.
-    """
-
-    relevance: Tensor
-    group_sizes: Tensor
-    valid_groups: Tensor
-    group_maps: Tensor
-    runner_up_maps: Tensor
-    group_scores: dict[str, Tensor]
-    selected_group: Tensor
-    selected_size: Tensor
-    target: Tensor
-    runner_up: Tensor
-    dropped_fraction: Tensor
-    time_per_group: Tensor
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def group_cams(
-    activations: Tensor, weights: Tensor, relevance: Tensor, num_groups: int | None = None
-) -> Tensor:
-    """Pre-ReLU group-wise Grad-CAMs ``Σ_{k: n_k = g} α_k A_k`` for g = 0 … G−1, (B, G, h, w).
-
-    ``activations`` (B, C, h, w), ``weights`` (B, C) the channel weights ``α``, ``relevance`` (B, C) the
-    non-negative integer group of each channel. The groups partition the channels, so the maps sum to the
-    whole-layer map ``Σ_k α_k A_k``.
-
-    Example:
-        >>> import torch
-        >>> acts, alpha = torch.rand(1, 4, 2, 2), torch.tensor([[1.0, 2.0, 3.0, 4.0]])
-        >>> maps = group_cams(acts, alpha, torch.tensor([[0, 1, 1, 2]]))
-        >>> maps.shape, torch.allclose(maps.sum(1), (alpha[:, :, None, None] * acts).sum(1))
-        (torch.Size([1, 3, 2, 2]), True)
-    """
-    groups = int(relevance.max()) + 1 if num_groups is None else num_groups
-    onehot = F.one_hot(relevance.long(), groups).to(activations.dtype)  # (B, C, G)
-    weighted = onehot * weights.to(activations.dtype).unsqueeze(2)
-    return torch.einsum("bcg,bchw->bghw", weighted, activations)
-
-
-def _rescale(maps: Tensor) -> Tensor:
-    """Min-max to [0, 1] over the last two dimensions; a constant map becomes 0."""
-    low = maps.amin((-2, -1), keepdim=True)
-    span = maps.amax((-2, -1), keepdim=True) - low
-    return torch.where(span > 0, (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny), 0.0)
-
-
-def _upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bicubic resizing of (N, 1, h, w) maps to ``size``, clamped back to [0, 1] (bicubic overshoots)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 class ADVISE(LayerAttribution):
@@ -291,7 +202,7 @@ class ADVISE(LayerAttribution):
         batch, channels = activations.shape[:2]
         values = activations.flatten(2).to(self.kde_dtype)
         if self.activation_scaling == "minmax":
-            values = _rescale(values.unsqueeze(-1)).squeeze(-1)
+            values = rescale_maps(values.unsqueeze(-1)).squeeze(-1)
         result = adaptive_kde(
             values.reshape(batch * channels, -1), None, self.num_widths, dtype=self.kde_dtype
         )
@@ -315,8 +226,8 @@ class ADVISE(LayerAttribution):
         parts: dict[str, list[Tensor]] = {key: [] for key in AVX_KEYS}
         for begin, stop in chunk_bounds(rows.shape[0], chunk):
             image, group = rows[begin:stop, 0], rows[begin:stop, 1]
-            top1_maps = _upsample(maps_top1[image, group].unsqueeze(1), size)[:, 0]
-            top2_maps = _upsample(maps_top2[image, group].unsqueeze(1), size)[:, 0]
+            top1_maps = upsample_maps(maps_top1[image, group].unsqueeze(1), size)[:, 0]
+            top2_maps = upsample_maps(maps_top2[image, group].unsqueeze(1), size)[:, 0]
             clean = pixels[image] * _PIXEL_MAX
             masked = _masked_pixels(clean, top1_maps, self.mask_mode)
             with torch.no_grad():
@@ -350,6 +261,7 @@ class ADVISE(LayerAttribution):
         inputs: Tensor | tuple[Tensor, ...],
         target: int | list[int] | Tensor | None = None,
         additional_forward_args: Any = None,
+        *,
         selection: Selection = "avx",
         upsample: bool = False,
         return_details: bool = False,
@@ -376,9 +288,8 @@ class ADVISE(LayerAttribution):
         tensors, _ = format_inputs(inputs, max_tensors=1, ndim=4)
         x = tensors[0]
         check_in_choices("selection", selection, ("avx", "largest_group"))
-        for name, flag in (("upsample", upsample), ("return_details", return_details)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"`{name}` must be a bool, got {describe(flag)}")
+        check_flag("upsample", upsample)
+        check_flag("return_details", return_details)
         check_internal_batch_size(internal_batch_size)
         module = forward_module(self.forward_func)
         if module is not None:
@@ -406,8 +317,8 @@ class ADVISE(LayerAttribution):
         num_groups = int(relevance.max()) + 1
         alpha1 = grad1.mean((2, 3))
         alpha2 = grad2.mean((2, 3))
-        maps_top1 = _rescale(group_cams(activations, alpha1, relevance, num_groups).relu())
-        maps_top2 = _rescale(group_cams(activations, alpha2, relevance, num_groups).relu())
+        maps_top1 = rescale_maps(group_cams(activations, alpha1, relevance, num_groups).relu())
+        maps_top2 = rescale_maps(group_cams(activations, alpha2, relevance, num_groups).relu())
         sizes = F.one_hot(relevance, num_groups).sum(1)  # (B, G)
         valid = (sizes > 0) & (maps_top1.flatten(2).amax(2) > 0)
         timings["groups"] = time.perf_counter() - start
@@ -439,10 +350,10 @@ class ADVISE(LayerAttribution):
         index = torch.arange(batch, device=x.device)
         selected = maps_top1[index, chosen]
         # No group survived: the whole-layer Grad-CAM of the softmax probability (zeros if that is zero too).
-        whole = _rescale((alpha1[:, :, None, None] * activations).sum(1).relu())
+        whole = rescale_maps((alpha1[:, :, None, None] * activations).sum(1).relu())
         selected = torch.where(survived[:, None, None], selected, whole).unsqueeze(1)
         if upsample:
-            selected = _upsample(selected, tuple(x.shape[-2:]))
+            selected = upsample_maps(selected, tuple(x.shape[-2:]))
         attributions = selected.to(x.dtype)
         if not return_details:
             return attributions
