@@ -17,6 +17,7 @@ from ..heads.mhex import (
     GateMode,
     MHEXHandle,
     MHEXHeads,
+    MHEXOptions,
     check_lambdas,
     find_mhex,
     head_accuracy,
@@ -27,18 +28,6 @@ from ..losses import LossParts, LossTap
 from ..models.layers import find_network
 
 __all__ = ["MultiHeadExplainer"]
-
-_CONFIG_KEYS = (
-    "stages",
-    "num_classes",
-    "gate_mode",
-    "gate_calibration",
-    "b0",
-    "gate_rank",
-    "refine",
-    "refine_max_channels",
-    "detach_heads",
-)
 
 
 class MultiHeadExplainer(Callback):
@@ -109,20 +98,19 @@ class MultiHeadExplainer(Callback):
                 raise ValueError(f"`{name}` must be None or an attribute name, got {value!r}")
         if batch_adapter is not None and not callable(batch_adapter):
             raise TypeError(f"`batch_adapter` must be callable, got {describe(batch_adapter)}")
-        self.inject_kwargs: dict[str, Any] = {
-            "stages": stages,
-            "num_classes": num_classes,
-            "gate_mode": gate_mode,
-            "gate_calibration": gate_calibration,
-            "b0": b0,
-            "gate_rank": gate_rank,
-            "refine": refine,
-            "refine_max_channels": refine_max_channels,
-            "detach_heads": detach_heads,
-            "special_token_ids": special_token_ids,
-        }
-        if isinstance(stages, str) and stages != "auto":
-            raise ValueError(f"`stages` must be 'auto' or a list of stage indices or names, got {stages!r}")
+        #: The injection settings (checked here, applied by :meth:`attach`).
+        self.options = MHEXOptions(
+            stages=stages,
+            num_classes=num_classes,
+            gate_mode=gate_mode,
+            gate_calibration=gate_calibration,
+            b0=b0,
+            gate_rank=gate_rank,
+            refine=refine,
+            refine_max_channels=refine_max_channels,
+            detach_heads=detach_heads,
+            special_token_ids=special_token_ids,
+        )
         self.lambdas = lambdas
         self.model_attr = model_attr
         self.loss_attr = loss_attr
@@ -164,7 +152,7 @@ class MultiHeadExplainer(Callback):
                 f"{type(model).__name__} already has MHEX heads (from MHEXClassifier, inject_mhex or another "
                 "MultiHeadExplainer); use only one of them"
             )
-        self.handle = inject_mhex(model, **self.inject_kwargs)
+        self.handle = inject_mhex(model, options=self.options)
         self._lambdas = lambda_list(self.lambdas, len(self.handle.stages))
         return self.handle
 
@@ -338,10 +326,7 @@ class MultiHeadExplainer(Callback):
     # -- checkpoints -----------------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        if self.handle is not None:
-            config = dict(self.handle.heads.config)
-        else:
-            config = {k: self.inject_kwargs[k] for k in _CONFIG_KEYS}
+        config = dict(self.handle.heads.config) if self.handle is not None else self.options.to_config()
         config["lambdas"] = self.lambdas
         return config
 
@@ -367,4 +352,4 @@ class MultiHeadExplainer(Callback):
 
     def __repr__(self) -> str:
         attached = self.handle is not None and not self.handle.removed
-        return f"MultiHeadExplainer(stages={self.inject_kwargs['stages']!r}, attached={attached})"
+        return f"MultiHeadExplainer(stages={self.options.stages!r}, attached={attached})"

@@ -20,6 +20,7 @@ from ..heads.mhex import (
     LayerWeights,
     MHEXHandle,
     MHEXHeads,
+    MHEXOptions,
     check_lambdas,
     head_accuracy,
     infer_num_classes,
@@ -122,10 +123,9 @@ class MHEXClassifier(SampleWeightedLossMixin, L.LightningModule):
         self.save_hyperparameters(ignore=["batch_adapter"] + ([] if isinstance(model, str) else ["model"]))
         self.model = network
         self.batch_adapter = batch_adapter
-        self.mhex: MHEXHandle = inject_mhex(
-            network,
-            stages,
-            num_classes,
+        options = MHEXOptions(
+            stages=stages,
+            num_classes=num_classes,
             gate_mode=gate_mode,
             gate_calibration=gate_calibration,
             b0=b0,
@@ -135,6 +135,7 @@ class MHEXClassifier(SampleWeightedLossMixin, L.LightningModule):
             detach_heads=detach_heads,
             special_token_ids=special_token_ids,
         )
+        self.mhex: MHEXHandle = inject_mhex(network, options=options)
         self.lambdas = lambda_list(lambdas, len(self.mhex.stages))
         self.heads.layer_weights(layer_weights)  # validates now rather than at the first `explain`
         self.layer_weights = layer_weights

@@ -13,6 +13,7 @@ from .gates import AttentionGate, GateCalibration, MHEXBranch, MHEXHead
 from .heads import GateMode, LayerWeights, MHEXHeads
 from .inject import MHEX_ATTR, MHEXHandle, find_mhex, inject_mhex
 from .model_info import infer_num_classes
+from .options import MHEXOptions
 from .stages import StageKind
 from .training import check_lambdas, head_accuracy, lambda_list
 
@@ -26,6 +27,7 @@ __all__ = [
     "MHEXHandle",
     "MHEXHead",
     "MHEXHeads",
+    "MHEXOptions",
     "StageKind",
     "check_lambdas",
     "find_mhex",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -11,18 +10,19 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..._checks import check_in_choices, describe
+from ..._checks import check_int, describe
 from ...models import Stage
 from ...models.layers import _unwrap
 from .gates import GateCalibration, MHEXBranch
 from .heads import GateMode, MHEXHeads
 from .model_info import _special_ids_from_config, infer_num_classes
+from .options import MHEXOptions
 from .stages import _select_stages, _stage_kind
+
+_DEFAULTS = {field: getattr(MHEXOptions, field) for field in MHEXOptions.__dataclass_fields__}
 
 #: Attribute under which the heads are registered on the model.
 MHEX_ATTR = "mhex_heads"
-
-_DEFAULT_B0 = {"unit": 3.0, "none": 6.0}
 
 
 class _StageHook:
@@ -97,11 +97,6 @@ def find_mhex(model: nn.Module) -> MHEXHeads | None:
     return None
 
 
-def _check_refine(refine: bool | str) -> None:
-    if not isinstance(refine, bool) and refine != "auto":
-        raise ValueError(f"`refine` must be True, False or 'auto', got {refine!r}")
-
-
 def inject_mhex(
     model: nn.Module,
     stages: str | Sequence[int | str] = "auto",
@@ -115,6 +110,7 @@ def inject_mhex(
     refine_max_channels: int = 256,
     detach_heads: bool = False,
     special_token_ids: Sequence[int] | None = None,
+    options: MHEXOptions | None = None,
 ) -> MHEXHandle:
     """Attach MHEX gates and heads to stages of a timm CNN / ViT, a torchvision ResNet or a HF BERT-like encoder.
 
@@ -134,6 +130,7 @@ def inject_mhex(
         detach_heads: stop head gradients at the stage output (the backbone then learns from the main loss only).
         special_token_ids: token ids whose saliency is 0 (e.g. ``tokenizer.all_special_ids``); default: the
             ``pad/bos/eos/cls/sep/mask`` ids of the model's config.
+        options: all of the above as one :class:`~lightning_xai.heads.MHEXOptions` (then pass none of them).
 
     Returns:
         an :class:`MHEXHandle`; ``handle.remove()`` restores the original model.
@@ -152,24 +149,33 @@ def inject_mhex(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {describe(model)}")
-    check_in_choices("gate_mode", gate_mode, ("in_path", "side_branch"))
-    check_in_choices("gate_calibration", gate_calibration, ("unit", "none"))
-    _check_refine(refine)
-    if gate_rank is not None and (
-        isinstance(gate_rank, bool) or not isinstance(gate_rank, int) or gate_rank < 1
-    ):
-        raise ValueError(f"`gate_rank` must be None or a positive int, got {gate_rank!r}")
-    if (
-        isinstance(refine_max_channels, bool)
-        or not isinstance(refine_max_channels, int)
-        or refine_max_channels < 1
-    ):
-        raise ValueError(f"`refine_max_channels` must be a positive int, got {refine_max_channels!r}")
-    if not isinstance(detach_heads, bool):
-        raise TypeError(f"`detach_heads` must be a bool, got {describe(detach_heads)}")
-    b0 = _DEFAULT_B0[gate_calibration] if b0 is None else b0
-    if isinstance(b0, bool) or not isinstance(b0, (int, float)) or not math.isfinite(b0):
-        raise ValueError(f"`b0` must be a finite number, got {b0!r}")
+    given = {
+        "stages": stages,
+        "num_classes": num_classes,
+        "gate_mode": gate_mode,
+        "gate_calibration": gate_calibration,
+        "b0": b0,
+        "gate_rank": gate_rank,
+        "refine": refine,
+        "refine_max_channels": refine_max_channels,
+        "detach_heads": detach_heads,
+        "special_token_ids": special_token_ids,
+    }
+    if options is None:
+        options = MHEXOptions(**given)
+    elif not isinstance(options, MHEXOptions):
+        raise TypeError(f"`options` must be an MHEXOptions or None, got {describe(options)}")
+    elif any(value != _DEFAULTS[name] for name, value in given.items()):
+        raise ValueError("pass the settings either as `options=` or as keyword arguments, not both")
+    stages, num_classes, gate_mode = options.stages, options.num_classes, options.gate_mode
+    gate_calibration, b0, gate_rank, refine = (
+        options.gate_calibration,
+        options.b0,
+        options.gate_rank,
+        options.refine,
+    )
+    refine_max_channels, detach_heads = options.refine_max_channels, options.detach_heads
+    special_token_ids = options.special_token_ids
 
     inner = _unwrap(model)
     existing = find_mhex(inner)
@@ -183,8 +189,7 @@ def inject_mhex(
             raise ValueError(
                 f"cannot read the number of classes of a {type(inner).__name__}; pass `num_classes=`"
             )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"`num_classes` must be a positive int, got {num_classes!r}")
+    check_int("num_classes", num_classes, 1)
     kind = _stage_kind(inner)
     chosen = _select_stages(inner, stages, kind)
 
@@ -213,17 +218,7 @@ def inject_mhex(
             refine=do_refine,
             prefix_tokens=prefix_tokens,
         )
-    config = {
-        "stages": [s.name for s in chosen],
-        "num_classes": num_classes,
-        "gate_mode": gate_mode,
-        "gate_calibration": gate_calibration,
-        "b0": float(b0),
-        "gate_rank": gate_rank,
-        "refine": refine,
-        "refine_max_channels": refine_max_channels,
-        "detach_heads": detach_heads,
-    }
+    config = {**options.to_config(), "stages": [s.name for s in chosen], "num_classes": num_classes}
     heads = MHEXHeads(
         branches,
         kind=kind,
