@@ -8,7 +8,7 @@ with the same messages.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -69,21 +69,6 @@ def select_forward_args(args: tuple[Any, ...], index: Tensor, batch_size: int) -
         else arg
         for arg in args
     )
-
-
-def forward_module(forward_func: Callable[..., Any]) -> nn.Module | None:
-    """The module behind a forward function: the function itself, or what a wrapper holds as
-    ``forward_func`` (Captum and :class:`~lightning_xai.models.LogitsForward` wrappers)."""
-    seen: set[int] = set()
-    current: object = forward_func
-    while id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, nn.Module):
-            return current
-        current = getattr(current, "forward_func", None)
-        if current is None:
-            return None
-    return None
 
 
 def warn_if_training(module: nn.Module | None, what: str) -> None:

@@ -22,12 +22,12 @@ from .._checks import (
     describe,
     format_target,
 )
+from ..models import forward_module
 from ._common import (
     chunk_bounds,
     format_additional_forward_args,
     format_inputs,
     format_output,
-    forward_module,
     select_forward_args,
     warn_if_training,
 )

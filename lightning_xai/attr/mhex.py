@@ -18,12 +18,11 @@ from .._checks import (
     format_target,
 )
 from ..heads.mhex import LayerWeights, MHEXHandle, MHEXHeads, find_mhex
-from ..models import LogitsForward, check_logits
+from ..models import LogitsForward, check_logits, forward_module
 from ._common import (
     chunk_bounds,
     format_additional_forward_args,
     format_output,
-    forward_module,
     select_forward_args,
     warn_if_training,
 )

@@ -10,7 +10,6 @@ one and none is given, receives the layer :func:`~lightning_xai.models.resolve_l
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import describe
+from .._registry import NameRegistry
 from ..models import LogitsForward, resolve_layer
 
 #: Short names accepted wherever a method is named; values are dotted class paths.
@@ -33,14 +33,13 @@ METHOD_NAMES: dict[str, str] = {
     "advise": "lightning_xai.attr.ADVISE",
     "sag": "lightning_xai.attr.StructuredAttentionGraph",
     "selector": "lightning_xai.attr.SelectorAttribution",
+    "xnn": "lightning_xai.attr.XNNConceptAttribution",
 }
 
+METHODS = NameRegistry("attribution method", METHOD_NAMES, "captum.attr.Saliency")
 
-def register_method(name: str, class_path: str) -> None:
-    """Make ``name`` a short name for the class at ``class_path`` (``"package.module.Class"``)."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"`name` must be a non-empty string, got {describe(name)}")
-    METHOD_NAMES[name] = class_path
+#: Make a name a short name for the class at a dotted path (``register_method("mine", "pkg.mod.Class")``).
+register_method = METHODS.register
 
 
 def resolve_method(method: str | type) -> type:
@@ -52,24 +51,7 @@ def resolve_method(method: str | type) -> type:
         >>> resolve_method("captum.attr.Saliency").__name__
         'Saliency'
     """
-    if isinstance(method, type):
-        cls = method
-    elif isinstance(method, str):
-        path = METHOD_NAMES.get(method, method)
-        module_name, _, class_name = path.rpartition(".")
-        if not module_name:
-            raise ValueError(
-                f"unknown attribution method {method!r}: use one of {sorted(METHOD_NAMES)} or a dotted class "
-                "path such as 'captum.attr.Saliency'"
-            )
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(
-                f"cannot import attribution method {path!r} ({error}); short names: {sorted(METHOD_NAMES)}"
-            ) from error
-    else:
-        raise TypeError(f"`method` must be a name, a dotted class path or a class, got {describe(method)}")
+    cls = METHODS.resolve(method)
     if not callable(getattr(cls, "attribute", None)):
         raise TypeError(
             f"{cls.__name__} has no `attribute` method, so it is not a Captum-contract attribution"

@@ -11,13 +11,12 @@ from torch import Tensor, nn
 
 from .._checks import check_inputs_on_model_device, check_internal_batch_size, describe, format_target
 from ..explain import grad_cam
-from ..models import resolve_layer
+from ..models import forward_module, resolve_layer
 from ._common import (
     chunk_bounds,
     format_additional_forward_args,
     format_inputs,
     format_output,
-    forward_module,
     select_forward_args,
     warn_if_training,
 )
@@ -57,7 +56,9 @@ class XNNConceptAttribution(Attribution):
     """
 
     def __init__(self, forward_func: Callable[..., Any]) -> None:
-        concept_model = getattr(forward_func, "concept_model", None)
+        # an XNN itself, also behind a forward function (the registry passes LogitsForward(model))
+        owner = forward_func if hasattr(forward_func, "concept_model") else forward_module(forward_func)
+        concept_model = getattr(owner, "concept_model", None)
         if callable(concept_model):
             forward_func = concept_model()
         if not callable(forward_func):

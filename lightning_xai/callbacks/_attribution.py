@@ -13,6 +13,7 @@ from torch import Tensor
 from .._checks import check_in_choices
 from ..attr.registry import explain_batch, resolve_method
 from ..data.batch import Batch, split_batch
+from ..explain import require_grad_mode
 from ..models import logits_of
 
 TargetChoice = Literal["label", "prediction"]
@@ -52,13 +53,7 @@ class AttributionCallback(L.Callback):
 
     def check_grad_mode(self, stage: str) -> None:
         """Raise a clear error when the loop runs under ``torch.inference_mode()``, where no gradient exists."""
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                f"{type(self).__name__} computes attributions with gradients during {stage}, but the Trainer "
-                "runs this loop under torch.inference_mode(), where gradients cannot be computed. Create the "
-                "Trainer with `Trainer(inference_mode=False)` (in a LightningCLI YAML: "
-                "`trainer: {inference_mode: false}`)."
-            )
+        require_grad_mode(f"{type(self).__name__} (attributions during {stage})")
 
     def read_batch(self, batch: Any) -> Batch:
         return split_batch(batch, self.batch_adapter)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -12,39 +11,13 @@ from torchmetrics import Metric, MetricCollection
 
 from .._checks import describe
 from ..data.batch import Batch
+from ..metrics.registry import METRICS
 from ..models import LogitsForward
 from ._attribution import AttributionCallback, TargetChoice
-
-#: Short metric names accepted by :class:`ExplanationMetrics`; values are dotted class paths.
-METRIC_NAMES: dict[str, str] = {
-    "deletion": "lightning_xai.metrics.DeletionAUC",
-    "insertion": "lightning_xai.metrics.InsertionAUC",
-    "average_drop": "lightning_xai.metrics.AverageDrop",
-    "increase_in_confidence": "lightning_xai.metrics.IncreaseInConfidence",
-    "pointing_game": "lightning_xai.metrics.PointingGame",
-    "energy_pointing_game": "lightning_xai.metrics.EnergyPointingGame",
-    "iou_auc": "lightning_xai.metrics.IoUAUC",
-    "pxap": "lightning_xai.metrics.PixelAveragePrecision",
-    "sparseness": "lightning_xai.metrics.Sparseness",
-    "complexity": "lightning_xai.metrics.Complexity",
-}
 
 _UPDATE_ARGS = {"inputs", "attributions", "target", "masks", "class_ids"}
 
 MetricSpec = str | type | Metric | Mapping[str, Any]
-
-
-def _metric_class(spec: str | type) -> type:
-    if isinstance(spec, type):
-        return spec
-    path = METRIC_NAMES.get(spec, spec)
-    module_name, _, class_name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(
-            f"unknown metric {spec!r}: use one of {sorted(METRIC_NAMES)} or a dotted class path"
-        ) from error
 
 
 def build_metric(spec: MetricSpec, forward_func: Callable[..., Any]) -> Metric:
@@ -60,7 +33,7 @@ def build_metric(spec: MetricSpec, forward_func: Callable[..., Any]) -> Metric:
         spec = spec["class_path"]
     if not isinstance(spec, (str, type)):
         raise TypeError(f"a metric must be a name, a class, a mapping or a Metric, got {describe(spec)}")
-    cls = _metric_class(spec)
+    cls = METRICS.resolve(spec)
     if not (isinstance(cls, type) and issubclass(cls, Metric)):
         raise TypeError(f"{spec!r} is not a torchmetrics Metric")
     if "forward_func" in inspect.signature(cls.__init__).parameters and "forward_func" not in init_args:
@@ -92,7 +65,7 @@ class ExplanationMetrics(AttributionCallback):
     ``inference_mode=False``.
 
     Args:
-        metrics: short names (see :data:`METRIC_NAMES`), classes, dotted paths, ``{"class_path", "init_args"}``
+        metrics: short names (see :data:`lightning_xai.metrics.registry.METRIC_NAMES`), classes, dotted paths, ``{"class_path", "init_args"}``
             mappings or Metric instances; a list, or a mapping from the logged name to one of these.
         method, method_args, attribute_args, layer, target, batch_adapter: the method (default Grad-CAM of the
             label), see :class:`~lightning_xai.callbacks._attribution.AttributionCallback`.
@@ -141,7 +114,7 @@ class ExplanationMetrics(AttributionCallback):
                 self._specs[name.rsplit(".", 1)[-1]] = spec
         for spec in self._specs.values():  # fail early for unknown names
             if isinstance(spec, (str, type)):
-                _metric_class(spec)
+                METRICS.resolve(spec)
         self.stages = tuple(stages)
         self.max_batches = max_batches
         self.prefix = prefix

@@ -10,16 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_inputs_on_model_device, check_tensor, describe, format_target
-from ..models import check_logits, logits_of, resolve_layer, tokens_to_grid
+from ..models import check_logits, forward_module, logits_of, resolve_layer, tokens_to_grid
 from .hooks import ActivationTap, forward_hook
 from .state import preserved_state, require_grad_mode
-
-
-def _find_module(forward_func: Any) -> nn.Module | None:
-    if isinstance(forward_func, nn.Module):
-        return forward_func
-    inner = getattr(forward_func, "forward_func", None)
-    return inner if isinstance(inner, nn.Module) else None
 
 
 def grad_cam(
@@ -70,7 +63,7 @@ def grad_cam(
         raise ValueError(f"`inputs` must be batched (B, ...), got {describe(inputs)}")
     if not callable(forward_func):
         raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
-    module = _find_module(forward_func)
+    module = forward_module(forward_func)
     if isinstance(layer, nn.Module):
         layer_module = layer
     elif module is None:

@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._checks import check_inputs_on_model_device, check_positive, check_tensor, describe, format_target
-from ..models import check_logits, logits_of
-from .gradcam import _find_module
+from ..models import check_logits, forward_module, logits_of
 from .normalization import Normalization, resolve_normalization
 from .state import preserved_state, require_grad_mode
 
@@ -82,7 +81,7 @@ def background_pgd(
         raise ValueError(f"`steps` must be a non-negative int, got {steps!r}")
     normalization = resolve_normalization(normalization, mean=mean, std=std)
     lo, hi = pixel_range
-    module = _find_module(forward_func)
+    module = forward_module(forward_func)
     check_inputs_on_model_device("inputs", inputs, module)
     require_grad_mode("background_pgd")
 

@@ -68,5 +68,6 @@ def require_grad_mode(what: str) -> None:
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             f"{what} needs gradients, but it runs under torch.inference_mode (Lightning's validate/test/predict "
-            "loops use it by default). Pass `Trainer(inference_mode=False)`."
+            "loops use it by default). Create the Trainer with `Trainer(inference_mode=False)` (in a "
+            "LightningCLI YAML: `trainer: {inference_mode: false}`)."
         )

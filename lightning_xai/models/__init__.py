@@ -1,7 +1,14 @@
 """Model adapters: find layers and stages in timm, torchvision and Hugging Face models; logits from outputs."""
 
 from .layers import Stage, find_network, layer_name, list_stages, resolve_layer
-from .outputs import LogitsForward, check_logits, infer_num_prefix_tokens, logits_of, tokens_to_grid
+from .outputs import (
+    LogitsForward,
+    check_logits,
+    forward_module,
+    infer_num_prefix_tokens,
+    logits_of,
+    tokens_to_grid,
+)
 from .weights import PixelClassifier, imagenet_class_names, pretrained
 from .zoo import build_model, small_cnn, small_resnet
 
@@ -12,6 +19,7 @@ __all__ = [
     "build_model",
     "check_logits",
     "find_network",
+    "forward_module",
     "imagenet_class_names",
     "infer_num_prefix_tokens",
     "layer_name",

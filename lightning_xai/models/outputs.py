@@ -51,6 +51,21 @@ def check_logits(logits: Tensor, batch_size: int | None = None) -> Tensor:
     return check_tensor("the forward function's output", logits, floating=True)
 
 
+def forward_module(forward_func: Callable[..., Any]) -> torch.nn.Module | None:
+    """The module behind a forward function: the function itself, or what a wrapper holds as
+    ``forward_func`` (Captum and :class:`~lightning_xai.models.LogitsForward` wrappers)."""
+    seen: set[int] = set()
+    current: object = forward_func
+    while id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, torch.nn.Module):
+            return current
+        current = getattr(current, "forward_func", None)
+        if current is None:
+            return None
+    return None
+
+
 class LogitsForward:
     """Wrap a model or forward function so that calling it returns a logits tensor.
 
@@ -74,7 +89,8 @@ class LogitsForward:
 
     @property
     def module(self) -> torch.nn.Module | None:
-        return self.forward_func if isinstance(self.forward_func, torch.nn.Module) else None
+        """The model behind the wrapped callable (through further ``forward_func`` wrappers), or None."""
+        return forward_module(self.forward_func)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         return logits_of(self.forward_func(*args, **kwargs))

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from .._checks import check_in_choices
 from ..attr.registry import explain_batch, resolve_method
 from ..data.batch import Batch, split_batch
+from ..explain import require_grad_mode
 from ..metrics.functional import deletion_auc, insertion_auc
 from ..models import LogitsForward, logits_of
 
@@ -79,11 +80,7 @@ class Explainer(L.LightningModule):
         return logits_of(self.model(inputs))
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        if torch.is_inference_mode_enabled():
-            raise RuntimeError(
-                "Explainer needs gradients, but predict runs under torch.inference_mode(); create the Trainer "
-                "with `Trainer(inference_mode=False)`"
-            )
+        require_grad_mode("Explainer (predict)")
         parts = split_batch(batch, self.batch_adapter)
         if parts.index is None:
             raise ValueError(

@@ -1,7 +1,7 @@
 """Dependencies run one way, with the data: every import of a subpackage points to its own layer or below.
 
-    _checks, _deprecation, _options  <-  models, explain, data, losses  <-  heads, attr, metrics  <-  viz
-                                     <-  modules, callbacks  <-  cli, demo (and the package itself)
+    _checks, _deprecation, _options, _registry  <-  models, explain, data, losses  <-  heads, attr, metrics  <-  viz
+                                                <-  modules, callbacks  <-  cli, demo (and the package itself)
 
 ``viz`` sits below the callbacks because they log the overlays it draws. The imports are read from the source
 (module level and inside functions alike), so a lazy import cannot hide a dependency; the only exceptions are
@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "_checks": 0,
     "_deprecation": 0,
     "_options": 0,
+    "_registry": 0,
     "models": 1,
     "explain": 1,
     "data": 1,

@@ -31,13 +31,12 @@ from ...explain.avx import (
     make_normalizer,
 )
 from ...explain.hooks import ActivationTap, forward_hook
-from ...models import LogitsForward, check_logits, resolve_layer
+from ...models import LogitsForward, check_logits, forward_module, resolve_layer
 from .._base import check_forward_func
 from .._common import (
     chunk_bounds,
     format_additional_forward_args,
     format_inputs,
-    forward_module,
     select_forward_args,
     warn_if_training,
 )

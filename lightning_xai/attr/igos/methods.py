@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..._checks import check_flag, check_inputs_on_model_device, format_target
 from ...explain import Normalization, make_baseline, preserved_state, require_grad_mode, upsample_mask
-from ...models import LogitsForward
+from ...models import LogitsForward, forward_module
 from .._base import NormalizedAttribution
 from .._common import (
     check_baselines_not_target,
@@ -19,7 +19,6 @@ from .._common import (
     format_additional_forward_args,
     format_inputs,
     format_output,
-    forward_module,
     make_generator,
     warn_if_training,
 )

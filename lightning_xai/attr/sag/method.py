@@ -23,7 +23,7 @@ from ..._checks import (
     format_target,
 )
 from ...explain import Normalization, preserved_state
-from ...models import LogitsForward
+from ...models import LogitsForward, forward_module
 from .._base import NormalizedAttribution
 from .._common import (
     check_baselines_not_target,
@@ -31,7 +31,6 @@ from .._common import (
     format_additional_forward_args,
     format_inputs,
     format_output,
-    forward_module,
     warn_if_training,
 )
 from ..igos import IGOS, IGOSOptions
