@@ -8,17 +8,16 @@ with the same messages.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
 from torch import Tensor, nn
 
-from .._checks import check_tensor, describe, format_target
-from ..models import LogitsForward, check_logits
-
-Score = Literal["softmax", "logit"]
+from .._checks import check_tensor, describe
+from ..models.scoring import Score
+from ..models.scoring import clean_scores as _clean_scores
 
 
 def format_inputs(
@@ -60,17 +59,6 @@ def format_additional_forward_args(args: object) -> tuple[Any, ...]:
     return () if formatted is None else tuple(formatted)
 
 
-def select_forward_args(args: tuple[Any, ...], index: Tensor, batch_size: int) -> tuple[Any, ...]:
-    """The extra forward arguments of the model inputs built from samples ``index``: tensors with one row per
-    sample (first dimension ``batch_size``) are gathered row by row; anything else is passed as it is."""
-    return tuple(
-        arg.index_select(0, index.to(arg.device))
-        if isinstance(arg, Tensor) and arg.ndim > 0 and arg.shape[0] == batch_size
-        else arg
-        for arg in args
-    )
-
-
 def warn_if_training(module: nn.Module | None, what: str) -> None:
     """Explanations of a model in training mode see dropout and batch statistics; say so, but leave it."""
     if module is not None and module.training:
@@ -96,48 +84,6 @@ def check_baselines_not_target(baselines: object) -> None:
         )
 
 
-def chunk_bounds(total: int, chunk: int | None) -> Iterator[tuple[int, int]]:
-    """``(begin, stop)`` of consecutive chunks of at most ``chunk`` rows (None: one chunk)."""
-    size = total if chunk is None else chunk
-    for begin in range(0, total, max(size, 1)):
-        yield begin, min(begin + size, total)
-
-
-def scores_from_logits(logits: Tensor, score: Score) -> Tensor:
-    """Softmax probabilities or raw logits, (N, K)."""
-    return logits.softmax(-1) if score == "softmax" else logits
-
-
-def clean_scores(
-    forward: LogitsForward,
-    inputs: Tensor,
-    target: object,
-    additional_forward_args: tuple[Any, ...] = (),
-    *,
-    score: Score = "softmax",
-    internal_batch_size: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One no-grad pass over the clean inputs: the (B,) target (``None`` becomes the argmax) and its (B,)
-    score. ``target`` is validated against the number of classes the model returned."""
-    batch = inputs.shape[0]
-    formatted = format_target(target, batch, None, inputs.device)
-    outputs = []
-    with torch.no_grad():
-        for begin, stop in chunk_bounds(batch, internal_batch_size):
-            index = torch.arange(begin, stop, device=inputs.device)
-            extra = select_forward_args(additional_forward_args, index, batch)
-            logits = check_logits(forward(inputs[begin:stop], *extra), stop - begin)
-            outputs.append(scores_from_logits(logits, score))
-    scores = torch.cat(outputs)
-    if formatted is None:
-        formatted = scores.argmax(1)
-    elif formatted.numel() and int(formatted.max()) >= scores.shape[1]:
-        raise ValueError(
-            f"`target` must be below the number of classes ({scores.shape[1]}), got maximum {int(formatted.max())}"
-        )
-    return formatted, scores.gather(1, formatted[:, None])[:, 0]
-
-
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     """A generator on ``device`` seeded by ``seed``; None takes the seed from the global CPU RNG, so
     ``torch.manual_seed`` still makes a run repeatable."""
@@ -148,3 +94,24 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def clean_scores(
+    forward: Callable[..., Any],
+    inputs: Tensor,
+    target: object,
+    additional_forward_args: tuple[Any, ...] = (),
+    *,
+    score: Score = "softmax",
+    internal_batch_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The (B,) target (``None`` becomes the argmax) and its (B,) clean score, from one no-grad pass."""
+    formatted, scores = _clean_scores(
+        forward,
+        inputs,
+        target,
+        score=score,
+        internal_batch_size=internal_batch_size,
+        additional_forward_args=additional_forward_args,
+    )
+    return formatted, scores.gather(1, formatted[:, None])[:, 0]

@@ -23,12 +23,11 @@ from .._checks import (
     format_target,
 )
 from ..models import forward_module
+from ..models.scoring import chunk_bounds, select_forward_args
 from ._common import (
-    chunk_bounds,
     format_additional_forward_args,
     format_inputs,
     format_output,
-    select_forward_args,
     warn_if_training,
 )
 

@@ -19,11 +19,10 @@ from .._checks import (
 )
 from ..heads.mhex import LayerWeights, MHEXHandle, MHEXHeads, find_mhex
 from ..models import LogitsForward, check_logits, forward_module
+from ..models.scoring import chunk_bounds, select_forward_args
 from ._common import (
-    chunk_bounds,
     format_additional_forward_args,
     format_output,
-    select_forward_args,
     warn_if_training,
 )
 

@@ -12,12 +12,11 @@ from torch import Tensor, nn
 from .._checks import check_inputs_on_model_device, check_internal_batch_size, describe, format_target
 from ..explain import grad_cam
 from ..models import forward_module, resolve_layer
+from ..models.scoring import chunk_bounds, select_forward_args
 from ._common import (
-    chunk_bounds,
     format_additional_forward_args,
     format_inputs,
     format_output,
-    select_forward_args,
     warn_if_training,
 )
 from .igos import IGOS

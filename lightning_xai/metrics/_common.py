@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_in_choices, check_same_device, check_tensor, describe, format_target
+from .._checks import check_in_choices, check_same_device, check_tensor, describe
 from ..explain import preserved_state
-from ..models import LogitsForward, check_logits, logits_of
+from ..models import LogitsForward
+from ..models.scoring import Score, clean_scores
 
 ChannelReduction = Literal["sum", "sum_abs", "max_abs", "none"]
-Score = Literal["softmax", "logit"]
 
 
 def to_maps(
@@ -64,36 +64,6 @@ def check_masks(masks: Tensor, batch_size: int, name: str = "masks") -> Tensor:
     return masks
 
 
-def scores_from_logits(logits: Tensor, score: Score) -> Tensor:
-    """Softmax probabilities or raw logits, (B, K)."""
-    return logits.softmax(-1) if score == "softmax" else logits
-
-
-def chunked_scores(
-    forward_func: Callable[..., Any],
-    inputs: Tensor,
-    target: Tensor | None,
-    *,
-    score: Score = "softmax",
-    internal_batch_size: int = 128,
-    additional_forward_args: tuple = (),
-) -> Tensor:
-    """Score ``inputs`` (N, ...) in chunks of ``internal_batch_size`` under ``no_grad``.
-
-    Returns the score of ``target`` (N,) per row, or the full (N, K) scores when ``target`` is None.
-    """
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, inputs.shape[0], internal_batch_size):
-            chunk = inputs[start : start + internal_batch_size]
-            logits = check_logits(logits_of(forward_func(chunk, *additional_forward_args)), chunk.shape[0])
-            scores = scores_from_logits(logits, score)
-            if target is not None:
-                scores = scores.gather(1, target[start : start + internal_batch_size, None])[:, 0]
-            outputs.append(scores)
-    return torch.cat(outputs)
-
-
 def resolve_target(
     forward_func: Callable[..., Any],
     inputs: Tensor,
@@ -104,11 +74,7 @@ def resolve_target(
 ) -> tuple[Tensor, Tensor]:
     """Format ``target`` (int, list, (B,) tensor or None = argmax on the clean input) and return it with the
     clean (B, K) scores."""
-    clean = chunked_scores(forward_func, inputs, None, score=score, internal_batch_size=internal_batch_size)
-    formatted = format_target(target, inputs.shape[0], clean.shape[1], inputs.device)
-    if formatted is None:
-        formatted = clean.argmax(1)
-    return formatted, clean
+    return clean_scores(forward_func, inputs, target, score=score, internal_batch_size=internal_batch_size)
 
 
 def model_context(forward_func: object, force_eval: bool):

@@ -14,7 +14,11 @@ from .._checks import check_in_choices, check_internal_batch_size
 from ..explain.avx import _average_drop_update
 from ..explain.baselines import BaselineSpec
 from ..models import LogitsForward
-from ._common import ChannelReduction, Score, mean_compute
+from ..models.scoring import Score
+from ._common import (
+    ChannelReduction,
+    mean_compute,
+)
 from .functional.confidence import (
     ConfidenceForm,
     Normalize,

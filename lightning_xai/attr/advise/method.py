@@ -32,12 +32,11 @@ from ...explain.avx import (
 )
 from ...explain.hooks import ActivationTap, forward_hook
 from ...models import LogitsForward, check_logits, forward_module, resolve_layer
+from ...models.scoring import chunk_bounds, select_forward_args
 from .._base import check_forward_func
 from .._common import (
-    chunk_bounds,
     format_additional_forward_args,
     format_inputs,
-    select_forward_args,
     warn_if_training,
 )
 from ..kde import adaptive_kde

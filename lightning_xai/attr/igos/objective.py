@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ...explain import upsample_mask
 from ...models import LogitsForward, check_logits
-from .._common import Score, chunk_bounds, scores_from_logits, select_forward_args
+from ...models.scoring import Score, chunk_bounds, scores_from_logits, select_forward_args
 from .regularisers import _area, _bilateral_tv, _edge_weights, _total_variation
 
 _DELETION, _INSERTION = 1.0, -1.0

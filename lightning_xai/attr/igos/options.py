@@ -17,7 +17,7 @@ from ..._checks import (
     describe,
 )
 from ..._options import Options
-from .._common import Score
+from ...models.scoring import Score
 
 Optimizer = Literal["line_search", "nag"]
 LineSearch = Literal["integrated", "plain"]

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ...explain import compose
 from ...models import LogitsForward, check_logits
-from .._common import chunk_bounds, select_forward_args
+from ...models.scoring import chunk_bounds, select_forward_args
 from .patches import Interpolation, PatchSet, patch_masks
 
 

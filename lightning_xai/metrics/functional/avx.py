@@ -41,7 +41,13 @@ from ...explain.avx import (
     make_normalizer,
 )
 from ...models import LogitsForward
-from .._common import ChannelReduction, chunked_scores, model_context, resize_maps, to_maps
+from ...models.scoring import chunked_scores
+from .._common import (
+    ChannelReduction,
+    model_context,
+    resize_maps,
+    to_maps,
+)
 
 MapNormalization = Literal["none", "minmax"]
 AvxExplainFn = Callable[[Callable[..., Any], Tensor, Tensor], Any]

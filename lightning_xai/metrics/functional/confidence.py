@@ -16,12 +16,11 @@ from ..._checks import (
     format_target,
 )
 from ...explain.avx import _average_drop_update
+from ...models.scoring import Score, chunked_scores
 from .._common import (
     ChannelReduction,
-    Score,
     at_least_float32,
     check_inputs_and_maps,
-    chunked_scores,
     forward_of,
     mean_compute,
     model_context,

@@ -24,16 +24,15 @@ from ..._checks import (
 from ...explain import make_baseline
 from ...explain.baselines import BaselineSpec
 from ...models import check_logits
+from ...models.scoring import Score, scores_from_logits
 from .._common import (
     ChannelReduction,
-    Score,
     at_least_float32,
     check_inputs_and_maps,
     forward_of,
     model_context,
     resize_maps,
     resolve_target,
-    scores_from_logits,
 )
 from .curve_settings import CurveSettings, Integration, Preset, Resolution, curve_settings
 
