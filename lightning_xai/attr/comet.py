@@ -24,6 +24,7 @@ from .._checks import (
 )
 from ..models import forward_module
 from ..models.scoring import chunk_bounds, select_forward_args
+from ._base import check_forward_func
 from ._common import (
     format_additional_forward_args,
     format_inputs,
@@ -110,8 +111,7 @@ class SelectorAttribution(Attribution):
     """
 
     def __init__(self, forward_func: Callable[..., Any], selector: nn.Module | None = None) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
+        check_forward_func(forward_func)
         super().__init__(forward_func)
         if selector is None:
             module = forward_module(forward_func)

@@ -20,6 +20,7 @@ from .._checks import (
 from ..heads.mhex import LayerWeights, MHEXHandle, MHEXHeads, find_mhex
 from ..models import LogitsForward, check_logits, forward_module
 from ..models.scoring import chunk_bounds, select_forward_args
+from ._base import check_forward_func
 from ._common import (
     format_additional_forward_args,
     format_output,
@@ -64,8 +65,7 @@ class MHEXAttribution(Attribution):
         layer_weights: LayerWeights = "uniform",
         token_smoothing_sigma: float = 0.0,
     ) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
+        check_forward_func(forward_func)
         super().__init__(forward_func)
         if isinstance(heads, MHEXHandle):
             heads = heads.heads
