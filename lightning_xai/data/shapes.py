@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_xai._checks import check_in_choices, check_int, describe
+from lightning_xai.data._datamodule import SyntheticDataModule
 
 __all__ = ["CUE_TINTS", "SHAPE_CLASSES", "SPLITS", "ShapesDataModule", "ShapesDataset", "agreement_rate"]
 
@@ -315,7 +314,7 @@ class ShapesDataset(Dataset):
         return images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3))
 
 
-class ShapesDataModule(L.LightningDataModule):
+class ShapesDataModule(SyntheticDataModule):
     """Train, val and bias-conflicting test splits of :class:`ShapesDataset`.
 
     ``train`` and ``val`` follow ``bias``; ``test`` (also used for ``predict``) is always
@@ -345,58 +344,23 @@ class ShapesDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.num_workers = check_int("num_workers", num_workers, 0)
-        sizes = {"train": train_size, "val": val_size, "test": test_size}
-        for split, n in sizes.items():
-            check_int(f"{split}_size", n, 0)
-        self._dataset_kwargs: dict[str, Any] = {
-            "image_size": image_size,
-            "num_classes": num_classes,
-            "bias": bias,
-            "num_objects": num_objects,
-            "seed": seed,
-        }
-        # Built here so that bad arguments fail at construction, not at the first `setup`.
-        self.datasets = {
-            split: ShapesDataset(n, split=split, **self._dataset_kwargs) for split, n in sizes.items()
-        }
+        self._build_splits(
+            ShapesDataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            sizes={"train": train_size, "val": val_size, "test": test_size},
+            image_size=image_size,
+            num_classes=num_classes,
+            bias=bias,
+            num_objects=num_objects,
+            seed=seed,
+        )
         self.save_hyperparameters()
-
-    @property
-    def num_classes(self) -> int:
-        return self.datasets["train"].num_classes
 
     @property
     def classes(self) -> tuple[str, ...]:
         return self.datasets["train"].classes
 
-    def setup(self, stage: str | None = None) -> None:
-        """Nothing to prepare: items are generated on access."""
-
     def normalization(self, num_items: int = 256) -> tuple[Tensor, Tensor]:
         """Per-channel mean and std of the training split (see :meth:`ShapesDataset.normalization`)."""
         return self.datasets["train"].normalization(num_items)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed & ((1 << 63) - 1)) if shuffle else None
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -11,14 +11,12 @@ DataLoader workers never change the data.
 
 from __future__ import annotations
 
-from typing import Any
-
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from lightning_xai._checks import check_in_choices, check_int, check_tensor
+from lightning_xai.data._datamodule import SyntheticDataModule
 from lightning_xai.data.shapes import (
     SPLITS,
     _check_bias,
@@ -185,7 +183,7 @@ class TokensDataset(Dataset):
         return pred if input_ids.ndim == 2 else pred[0]
 
 
-class TokensDataModule(L.LightningDataModule):
+class TokensDataModule(SyntheticDataModule):
     """Train, val and bias-conflicting test splits of :class:`TokensDataset`.
 
     ``train`` and ``val`` follow ``bias``; ``test`` (also used for ``predict``) is always
@@ -222,23 +220,20 @@ class TokensDataModule(L.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.num_workers = check_int("num_workers", num_workers, 0)
-        sizes = {"train": train_size, "val": val_size, "test": test_size}
-        for split, n in sizes.items():
-            check_int(f"{split}_size", n, 0)
-        kwargs: dict[str, Any] = {
-            "num_classes": num_classes,
-            "seq_len": seq_len,
-            "min_length": min_length,
-            "vocab_size": vocab_size,
-            "rationale_per_class": rationale_per_class,
-            "max_rationale": max_rationale,
-            "bias": bias,
-            "seed": seed,
-        }
-        # Built here so that bad arguments fail at construction, not at the first `setup`.
-        self.datasets = {split: TokensDataset(n, split=split, **kwargs) for split, n in sizes.items()}
+        self._build_splits(
+            TokensDataset,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            sizes={"train": train_size, "val": val_size, "test": test_size},
+            num_classes=num_classes,
+            seq_len=seq_len,
+            min_length=min_length,
+            vocab_size=vocab_size,
+            rationale_per_class=rationale_per_class,
+            max_rationale=max_rationale,
+            bias=bias,
+            seed=seed,
+        )
         self.save_hyperparameters()
 
     @property
@@ -246,35 +241,5 @@ class TokensDataModule(L.LightningDataModule):
         return self.datasets["train"].vocab_size
 
     @property
-    def num_classes(self) -> int:
-        return self.datasets["train"].num_classes
-
-    @property
     def seq_len(self) -> int:
         return self.datasets["train"].seq_len
-
-    def setup(self, stage: str | None = None) -> None:
-        """Nothing to prepare: items are generated on access."""
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed & ((1 << 63) - 1)) if shuffle else None
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
