@@ -98,15 +98,15 @@ def run_speed(args: argparse.Namespace) -> list[dict]:
     gradcam = LayerGradCam(model, model.layer4)
     variants = {
         "ADVISE (AVX selection)": (
-            ADVISE(model, "layer4", IMAGENET_MEAN, IMAGENET_STD),
+            ADVISE(model, "layer4", (IMAGENET_MEAN, IMAGENET_STD)),
             {"selection": "avx"},
         ),
         "ADVISE (largest group)": (
-            ADVISE(model, "layer4", IMAGENET_MEAN, IMAGENET_STD),
+            ADVISE(model, "layer4", (IMAGENET_MEAN, IMAGENET_STD)),
             {"selection": "largest_group"},
         ),
         "ADVISE (AVX, minmax scaling)": (
-            ADVISE(model, "layer4", IMAGENET_MEAN, IMAGENET_STD, activation_scaling="minmax"),
+            ADVISE(model, "layer4", (IMAGENET_MEAN, IMAGENET_STD), activation_scaling="minmax"),
             {"selection": "avx"},
         ),
     }
@@ -239,7 +239,7 @@ def run_quality(args, model, mean, std) -> list[dict]:
 
     def advise(selection: str):
         def explain():
-            explainer = ADVISE(model, "layer4", mean, std)
+            explainer = ADVISE(model, "layer4", (mean, std))
             maps, details = explainer.attribute(x, target=labels, selection=selection, return_details=True)
             chosen = details.selected_group.clamp_min(0)
             second = details.runner_up_maps[index, chosen].unsqueeze(1)
@@ -276,7 +276,7 @@ def run_quality(args, model, mean, std) -> list[dict]:
         start = time.perf_counter()
         top1, top2, extra = make()
         seconds = (time.perf_counter() - start) / len(x)
-        avx = AVX(model, mean=mean, std=std)
+        avx = AVX(model, normalization=(mean, std))
         avx.update(pixels, top1, top2, target=labels)
         avx_result = avx.compute()
         rows.append(
