@@ -67,12 +67,42 @@ def module_device(module: torch.nn.Module) -> torch.device | None:
     return None
 
 
+def module_dtype(module: object) -> torch.dtype | None:
+    """The dtype of a module's first floating parameter, or None (not a module, or no floating parameter)."""
+    if not isinstance(module, torch.nn.Module):
+        return None
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no argument (and reports CUDA autocast)
+        return torch.is_autocast_enabled() or (device_type == "cpu" and torch.is_autocast_cpu_enabled())
+
+
 def check_inputs_on_model_device(name: str, inputs: Tensor, model: object) -> None:
-    """Inputs and model must share a device; a callable without parameters is not checked."""
-    if isinstance(model, torch.nn.Module):
-        device = module_device(model)
-        if device is not None:
-            check_same_device(name, inputs, device, "the model")
+    """Inputs and model must share a device, and floating inputs the dtype of the model's floating parameters
+    (outside ``torch.autocast``, which casts them itself); a callable without parameters is not checked."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    device = module_device(model)
+    if device is not None:
+        check_same_device(name, inputs, device, "the model")
+    if not inputs.is_floating_point() or _autocast_enabled(inputs.device.type):
+        return
+    dtype = module_dtype(model)
+    if dtype is not None and dtype != inputs.dtype:
+        raise ValueError(
+            f"`{name}` are {inputs.dtype} but the model's parameters are {dtype}; cast one to the other "
+            f"(`inputs.to({dtype})` or `model.to({inputs.dtype})`), or run under `torch.autocast`"
+        )
+
+
+def check_nonempty_batch(name: str, value: Tensor) -> None:
+    """A batch needs at least one sample: every method and metric refuses B = 0 with the same message."""
+    if value.ndim >= 1 and value.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch ({describe(value)}); pass at least one sample")
 
 
 def format_target(

@@ -15,7 +15,7 @@ import torch
 from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
 from torch import Tensor, nn
 
-from .._checks import check_tensor, describe
+from .._checks import check_nonempty_batch, check_tensor, describe
 from ..models.scoring import Score
 from ..models.scoring import clean_scores as _clean_scores
 
@@ -40,6 +40,7 @@ def format_inputs(
     for i, tensor in enumerate(tensors):
         name = "inputs" if not is_tuple else f"inputs[{i}]"
         check_tensor(name, tensor, ndim=ndim, floating=True)
+        check_nonempty_batch(name, tensor)
         if tensor.shape[0] != tensors[0].shape[0]:
             raise ValueError(
                 f"every tensor of `inputs` must have the same batch size {tensors[0].shape[0]}, "

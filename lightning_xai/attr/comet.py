@@ -22,6 +22,7 @@ from .._checks import (
     describe,
     format_target,
 )
+from ..explain import preserved_state
 from ..models import forward_module
 from ..models.scoring import chunk_bounds, select_forward_args
 from ._base import check_forward_func
@@ -154,7 +155,7 @@ class SelectorAttribution(Attribution):
         extra = format_additional_forward_args(additional_forward_args)
         batch = x.shape[0]
         outputs = []
-        with torch.no_grad():
+        with torch.no_grad(), preserved_state(self.selector):
             for begin, stop in chunk_bounds(batch, internal_batch_size):
                 index = torch.arange(begin, stop, device=x.device)
                 chunk_extra = select_forward_args(extra, index, batch)

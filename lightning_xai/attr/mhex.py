@@ -12,11 +12,13 @@ from torch import Tensor
 from .._checks import (
     check_inputs_on_model_device,
     check_internal_batch_size,
+    check_nonempty_batch,
     check_positive,
     check_tensor,
     describe,
     format_target,
 )
+from ..explain import preserved_state
 from ..heads.mhex import LayerWeights, MHEXHandle, MHEXHeads, find_mhex
 from ..models import LogitsForward, check_logits, forward_module
 from ..models.scoring import chunk_bounds, select_forward_args
@@ -125,6 +127,7 @@ class MHEXAttribution(Attribution):
                 )
         else:
             check_tensor("inputs", x, ndim=4, floating=True)
+        check_nonempty_batch("inputs", x)
         check_internal_batch_size(internal_batch_size)
         if special_tokens_mask is not None:
             check_tensor("special_tokens_mask", special_tokens_mask, ndim=2, finite=False)
@@ -145,7 +148,7 @@ class MHEXAttribution(Attribution):
         for begin, stop in chunk_bounds(batch, internal_batch_size):
             index = torch.arange(begin, stop, device=x.device)
             chunk_extra = select_forward_args(extra, index, batch)
-            with torch.no_grad(), self.heads.capturing():
+            with torch.no_grad(), preserved_state(module), self.heads.capturing():
                 logits = check_logits(self._logits(x[begin:stop], *chunk_extra), stop - begin)
             chunk_target = logits.argmax(1) if formatted is None else formatted[begin:stop]
             mask = None if special_tokens_mask is None else special_tokens_mask[begin:stop]

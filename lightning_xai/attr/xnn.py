@@ -10,7 +10,7 @@ from captum.attr import Attribution
 from torch import Tensor, nn
 
 from .._checks import check_inputs_on_model_device, check_internal_batch_size, describe, format_target
-from ..explain import grad_cam
+from ..explain import grad_cam, preserved_state
 from ..models import forward_module, resolve_layer
 from ..models.scoring import chunk_bounds, select_forward_args
 from ._common import (
@@ -110,38 +110,39 @@ class XNNConceptAttribution(Attribution):
         extra = format_additional_forward_args(additional_forward_args)
         batch = images.shape[0]
 
-        with torch.no_grad():
-            concepts = self.forward_func(images, *extra)
-        if not isinstance(concepts, Tensor) or concepts.ndim != 2 or concepts.shape[0] != batch:
-            raise ValueError(f"the concept model must return (B, k) concepts, got {describe(concepts)}")
-        k = concepts.shape[1]
-        chosen = format_target(target, batch, k, images.device)
-        if chosen is None:
-            image_index = torch.arange(batch, device=images.device).repeat_interleave(k)
-            row_target = torch.arange(k, device=images.device).repeat(batch)
-        else:
-            image_index = torch.arange(batch, device=images.device)
-            row_target = chosen
-        active = concepts[image_index, row_target] > 0
+        with preserved_state(module, self.forward_func):
+            with torch.no_grad():
+                concepts = self.forward_func(images, *extra)
+            if not isinstance(concepts, Tensor) or concepts.ndim != 2 or concepts.shape[0] != batch:
+                raise ValueError(f"the concept model must return (B, k) concepts, got {describe(concepts)}")
+            k = concepts.shape[1]
+            chosen = format_target(target, batch, k, images.device)
+            if chosen is None:
+                image_index = torch.arange(batch, device=images.device).repeat_interleave(k)
+                row_target = torch.arange(k, device=images.device).repeat(batch)
+            else:
+                image_index = torch.arange(batch, device=images.device)
+                row_target = chosen
+            active = concepts[image_index, row_target] > 0
 
-        maps = []
-        for begin, stop in chunk_bounds(image_index.numel(), internal_batch_size):
-            rows = image_index[begin:stop]
-            rows_extra = select_forward_args(extra, rows, batch)
-            maps.append(
-                self._maps(
-                    images.index_select(0, rows),
-                    row_target[begin:stop],
-                    rows_extra,
-                    method,
-                    layer,
-                    method_kwargs,
+            maps = []
+            for begin, stop in chunk_bounds(image_index.numel(), internal_batch_size):
+                rows = image_index[begin:stop]
+                rows_extra = select_forward_args(extra, rows, batch)
+                maps.append(
+                    self._maps(
+                        images.index_select(0, rows),
+                        row_target[begin:stop],
+                        rows_extra,
+                        method,
+                        layer,
+                        method_kwargs,
+                    )
                 )
-            )
-        heat = torch.cat(maps)
-        heat = torch.where(active.view(-1, 1, 1), heat, torch.zeros_like(heat))
-        out = heat.view(batch, -1, *images.shape[-2:]).to(images.dtype)
-        return format_output(is_tuple, (out,))
+            heat = torch.cat(maps)
+            heat = torch.where(active.view(-1, 1, 1), heat, torch.zeros_like(heat))
+            out = heat.view(batch, -1, *images.shape[-2:]).to(images.dtype)
+            return format_output(is_tuple, (out,))
 
     def _maps(
         self,

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_inputs_on_model_device, check_tensor, describe, format_target
+from .._checks import (
+    check_inputs_on_model_device,
+    check_nonempty_batch,
+    check_tensor,
+    describe,
+    format_target,
+)
 from ..models import check_logits, forward_module, logits_of, resolve_layer, tokens_to_grid
 from .hooks import ActivationTap, forward_hook
 from .state import preserved_state, require_grad_mode
@@ -42,7 +48,8 @@ def grad_cam(
             ``"auto"`` (see :func:`lightning_xai.models.resolve_layer`; needs ``forward_func`` to be a module).
         relu: apply the ReLU of Grad-CAM (Captum's ``relu_attributions``).
         create_graph: keep the graph, so the map is differentiable with respect to the parameters
-            (for training losses). Otherwise the result is detached.
+            (for training losses); the forward then counts as training, so BatchNorm statistics it updates in
+            training mode are kept. Otherwise the result is detached and every buffer is restored.
         upsample: ``True`` resizes image maps bilinearly to the input's (H, W); a (H, W) tuple to that size.
         normalize: divide each map by its maximum (plus ``eps``), giving [0, 1] for ReLU'd maps.
         additional_forward_args: extra positional arguments for the forward (e.g. an attention mask).
@@ -61,6 +68,7 @@ def grad_cam(
     check_tensor("inputs", inputs)
     if inputs.ndim < 2:
         raise ValueError(f"`inputs` must be batched (B, ...), got {describe(inputs)}")
+    check_nonempty_batch("inputs", inputs)
     if not callable(forward_func):
         raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
     module = forward_module(forward_func)
@@ -79,7 +87,10 @@ def grad_cam(
     tap = ActivationTap()
     batch = inputs.shape[0]
 
-    with preserved_state(module, layer_module), torch.enable_grad(), forward_hook(layer_module, tap):
+    # With ``create_graph`` the map is part of a training step (its graph is backpropagated): batch statistics
+    # of that forward are training statistics, and restoring them in place would break the graph.
+    restore = preserved_state(module, layer_module, buffers=not create_graph)
+    with restore, torch.enable_grad(), forward_hook(layer_module, tap):
         logits = check_logits(logits_of(forward_func(inputs, *extra)), batch)
         activation = tap.activation
         if activation is None:

@@ -20,11 +20,15 @@ _HOOK_DICTS = (
 
 
 @contextmanager
-def preserved_state(*objects: object, eval_mode: bool = False) -> Iterator[None]:
-    """Restore the ``training`` flags, parameters' ``requires_grad`` and hooks of every module in ``objects``.
+def preserved_state(*objects: object, eval_mode: bool = False, buffers: bool = True) -> Iterator[None]:
+    """Restore the ``training`` flags, parameters' ``requires_grad``, hooks and buffers of every module in
+    ``objects``.
 
     Objects that are not modules (plain forward functions) are ignored. With ``eval_mode=True`` the modules
-    are put in eval mode for the duration of the block.
+    are put in eval mode for the duration of the block. Buffers (BatchNorm's ``running_mean``,
+    ``running_var`` and ``num_batches_tracked``, ...) are copied back, so that explaining a model in training mode
+    does not fold the statistics of masked or perturbed images into it; ``buffers=False`` keeps what the block
+    wrote (for blocks that train).
 
     Example:
         >>> import torch
@@ -46,6 +50,11 @@ def preserved_state(*objects: object, eval_mode: bool = False) -> Iterator[None]
     flags = [(m, m.training) for m in modules]
     params = [(p, p.requires_grad) for m in modules for p in m.parameters(recurse=False)]
     hooks = [(m, name, set(getattr(m, name, {}).keys())) for m in modules for name in _HOOK_DICTS]
+    saved = (
+        [(m, name, b.detach().clone()) for m in modules for name, b in m._buffers.items() if b is not None]
+        if buffers
+        else []
+    )
     try:
         if eval_mode:
             for module in modules:
@@ -54,6 +63,13 @@ def preserved_state(*objects: object, eval_mode: bool = False) -> Iterator[None]
     finally:
         for module, flag in flags:
             module.training = flag
+        with torch.no_grad():
+            for module, name, value in saved:
+                current = module._buffers.get(name)
+                if current is not None and current.shape == value.shape and current.dtype == value.dtype:
+                    current.copy_(value)
+                else:
+                    module._buffers[name] = value
         for param, flag in params:
             param.requires_grad_(flag)
         for module, name, keys in hooks:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_in_choices, check_same_device, check_tensor, describe
+from .._checks import check_in_choices, check_nonempty_batch, check_same_device, check_tensor, describe
 from ..explain import preserved_state
 from ..models import LogitsForward
 from ..models.scoring import Score, clean_scores
@@ -27,6 +27,7 @@ def to_maps(
     """
     check_in_choices("channel_reduction", channel_reduction, ("sum", "sum_abs", "max_abs", "none"))
     check_tensor(name, attributions, ndim=(3, 4))
+    check_nonempty_batch(name, attributions)
     maps = attributions if attributions.is_floating_point() else attributions.float()
     if maps.ndim == 3 or channel_reduction == "none":
         return maps

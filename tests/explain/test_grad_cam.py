@@ -141,3 +141,14 @@ def test_bad_inputs(resnet):
         grad_cam(resnet, x.numpy(), 0)
     with pytest.raises(ValueError, match=r"\(B, K\) with B=2"):
         grad_cam(lambda t: resnet(t)[:, 0], x, 0, resnet.layer4)
+
+
+def test_create_graph_keeps_training_statistics_and_a_plain_call_restores_them():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=4).train()
+    x = torch.rand(2, 3, 32, 32)
+    before = model.bn1.running_mean.clone()
+    grad_cam(model, x, [0, 1])
+    assert torch.equal(model.bn1.running_mean, before)
+    cam = grad_cam(model, x, [0, 1], create_graph=True)  # part of a training step
+    cam.sum().backward()
+    assert not torch.equal(model.bn1.running_mean, before)

@@ -298,79 +298,82 @@ class ADVISE(LayerAttribution):
         batch = x.shape[0]
         formatted = format_target(target, batch, None, x.device)
         pixels = self._to_pixels(x) if selection == "avx" else None
-        timings: dict[str, float] = {}
+        with preserved_state(module):
+            timings: dict[str, float] = {}
 
-        start = time.perf_counter()
-        activations, grad1, grad2, probs, top1, top2 = self._forward_backward(
-            x, extra, formatted, internal_batch_size
-        )
-        timings["forward_backward"] = time.perf_counter() - start
+            start = time.perf_counter()
+            activations, grad1, grad2, probs, top1, top2 = self._forward_backward(
+                x, extra, formatted, internal_batch_size
+            )
+            timings["forward_backward"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        relevance, dropped = self._relevance(activations)
-        timings["kde"] = time.perf_counter() - start
+            start = time.perf_counter()
+            relevance, dropped = self._relevance(activations)
+            timings["kde"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        channels = activations.shape[1]
-        num_groups = int(relevance.max()) + 1
-        alpha1 = grad1.mean((2, 3))
-        alpha2 = grad2.mean((2, 3))
-        maps_top1 = rescale_maps(group_cams(activations, alpha1, relevance, num_groups).relu())
-        maps_top2 = rescale_maps(group_cams(activations, alpha2, relevance, num_groups).relu())
-        sizes = F.one_hot(relevance, num_groups).sum(1)  # (B, G)
-        valid = (sizes > 0) & (maps_top1.flatten(2).amax(2) > 0)
-        timings["groups"] = time.perf_counter() - start
+            start = time.perf_counter()
+            channels = activations.shape[1]
+            num_groups = int(relevance.max()) + 1
+            alpha1 = grad1.mean((2, 3))
+            alpha2 = grad2.mean((2, 3))
+            maps_top1 = rescale_maps(group_cams(activations, alpha1, relevance, num_groups).relu())
+            maps_top2 = rescale_maps(group_cams(activations, alpha2, relevance, num_groups).relu())
+            sizes = F.one_hot(relevance, num_groups).sum(1)  # (B, G)
+            valid = (sizes > 0) & (maps_top1.flatten(2).amax(2) > 0)
+            timings["groups"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        scores: dict[str, Tensor] = {}
-        if selection == "largest_group":
-            peaks = torch.arange(num_groups, device=x.device)
-            # Groups with peaks first, then the most channels; argmax takes the first, the smaller g, on ties.
-            key = torch.where(valid, sizes + (peaks > 0) * (channels + 1), -1)
-            chosen = key.argmax(1)
-        else:
-            assert pixels is not None
-            rows = valid.nonzero()
-            chosen = torch.zeros(batch, dtype=torch.long, device=x.device)
-            if rows.numel():
-                row_scores = self._avx_of_groups(
-                    pixels, extra, rows, maps_top1, maps_top2, probs, top1, internal_batch_size
-                )
-                for name, values in row_scores.items():
-                    table = torch.full((batch, num_groups), float("nan"), dtype=values.dtype, device=x.device)
-                    table[rows[:, 0], rows[:, 1]] = values
-                    scores[name] = table
-                # argmax takes the first maximum: ties go to the smallest peak count.
-                chosen = torch.where(valid, scores["avx"], float("-inf")).argmax(1)
-        timings["selection"] = time.perf_counter() - start
+            start = time.perf_counter()
+            scores: dict[str, Tensor] = {}
+            if selection == "largest_group":
+                peaks = torch.arange(num_groups, device=x.device)
+                # Groups with peaks first, then the most channels; argmax takes the first, the smaller g, on ties.
+                key = torch.where(valid, sizes + (peaks > 0) * (channels + 1), -1)
+                chosen = key.argmax(1)
+            else:
+                assert pixels is not None
+                rows = valid.nonzero()
+                chosen = torch.zeros(batch, dtype=torch.long, device=x.device)
+                if rows.numel():
+                    row_scores = self._avx_of_groups(
+                        pixels, extra, rows, maps_top1, maps_top2, probs, top1, internal_batch_size
+                    )
+                    for name, values in row_scores.items():
+                        table = torch.full(
+                            (batch, num_groups), float("nan"), dtype=values.dtype, device=x.device
+                        )
+                        table[rows[:, 0], rows[:, 1]] = values
+                        scores[name] = table
+                    # argmax takes the first maximum: ties go to the smallest peak count.
+                    chosen = torch.where(valid, scores["avx"], float("-inf")).argmax(1)
+            timings["selection"] = time.perf_counter() - start
 
-        survived = valid.any(1)
-        index = torch.arange(batch, device=x.device)
-        selected = maps_top1[index, chosen]
-        # No group survived: the whole-layer Grad-CAM of the softmax probability (zeros if that is zero too).
-        whole = rescale_maps((alpha1[:, :, None, None] * activations).sum(1).relu())
-        selected = torch.where(survived[:, None, None], selected, whole).unsqueeze(1)
-        if upsample:
-            selected = upsample_maps(selected, tuple(x.shape[-2:]))
-        attributions = selected.to(x.dtype)
-        if not return_details:
-            return attributions
+            survived = valid.any(1)
+            index = torch.arange(batch, device=x.device)
+            selected = maps_top1[index, chosen]
+            # No group survived: the whole-layer Grad-CAM of the softmax probability (zeros if that is zero too).
+            whole = rescale_maps((alpha1[:, :, None, None] * activations).sum(1).relu())
+            selected = torch.where(survived[:, None, None], selected, whole).unsqueeze(1)
+            if upsample:
+                selected = upsample_maps(selected, tuple(x.shape[-2:]))
+            attributions = selected.to(x.dtype)
+            if not return_details:
+                return attributions
 
-        counts = valid.sum(1)
-        per_image_kde = timings["kde"] / batch
-        details = ADVISEDetails(
-            relevance=relevance,
-            group_sizes=sizes,
-            valid_groups=valid,
-            group_maps=maps_top1,
-            runner_up_maps=maps_top2,
-            group_scores=scores,
-            selected_group=torch.where(survived, chosen, -1),
-            selected_size=torch.where(survived, sizes[index, chosen], channels),
-            target=top1,
-            runner_up=top2,
-            dropped_fraction=dropped,
-            time_per_group=per_image_kde / counts.clamp_min(1).to(torch.float64),
-            timings=timings,
-        )
-        return attributions, details
+            counts = valid.sum(1)
+            per_image_kde = timings["kde"] / batch
+            details = ADVISEDetails(
+                relevance=relevance,
+                group_sizes=sizes,
+                valid_groups=valid,
+                group_maps=maps_top1,
+                runner_up_maps=maps_top2,
+                group_scores=scores,
+                selected_group=torch.where(survived, chosen, -1),
+                selected_size=torch.where(survived, sizes[index, chosen], channels),
+                target=top1,
+                runner_up=top2,
+                dropped_fraction=dropped,
+                time_per_group=per_image_kde / counts.clamp_min(1).to(torch.float64),
+                timings=timings,
+            )
+            return attributions, details

@@ -203,7 +203,7 @@ def inject_mhex(
 
     param = next((p for p in inner.parameters() if p.is_floating_point()), None)
     device = param.device if param is not None else torch.device("cpu")
-    dtype = torch.float64 if param is not None and param.dtype == torch.float64 else torch.float32
+    dtype = param.dtype if param is not None else torch.float32  # the heads in the model's precision
     branches = {}
     for stage in chosen:
         do_refine = refine if isinstance(refine, bool) else stage.channels <= refine_max_channels

@@ -23,10 +23,12 @@ from torch import Tensor
 
 from ..._checks import (
     check_inputs_on_model_device,
+    check_nonempty_batch,
     check_same_device,
     check_tensor,
     describe,
     format_target,
+    module_dtype,
 )
 from ...explain import Normalization, require_grad_mode, resolve_normalization
 from ...explain.avx import (
@@ -61,9 +63,8 @@ def _check_images(images: object) -> tuple[Tensor, Tensor]:
     """Pixels on [0, 1] (for the model) and on [0, 255] (for the image-quality terms), both floating."""
     check_tensor("images", images, ndim=4)
     assert isinstance(images, Tensor)
-    batch, channels, height, width = images.shape
-    if batch == 0:
-        raise ValueError(f"`images` must hold at least one image, got {describe(images)}")
+    _, channels, height, width = images.shape
+    check_nonempty_batch("images", images)
     if channels not in (1, 3):
         raise ValueError(
             f"`images` must be (B, 3, H, W) colour or (B, 1, H, W) grey pixels, got {describe(images)}"
@@ -120,8 +121,12 @@ def _avx_maps(
     return maps.clamp(0, 1)
 
 
-def _model_inputs(normalizer: Callable[[Tensor], Tensor], pixels: Tensor, what: str) -> Tensor:
-    inputs = normalizer(pixels)
+def _model_inputs(
+    normalizer: Callable[[Tensor], Tensor], pixels: Tensor, what: str, dtype: torch.dtype | None
+) -> Tensor:
+    """The model's inputs for pixels in [0, 1], in the model's floating dtype (pixels may come as uint8, float32,
+    … whatever the model's precision)."""
+    inputs = normalizer(pixels if dtype is None else pixels.to(dtype))
     if not isinstance(inputs, Tensor) or inputs.ndim == 0 or inputs.shape[0] != pixels.shape[0]:
         raise TypeError(
             f"`normalize` must map a batch of pixels to a batch of model inputs; on the {what} images "
@@ -180,8 +185,9 @@ def _avx_update(
     check_inputs_on_model_device("images", images, forward.module)
 
     masked = _masked_pixels(pixels, maps_top1, mask_mode)
-    clean_inputs = _model_inputs(normalizer, pixels01, "clean")
-    masked_inputs = _model_inputs(normalizer, masked / _PIXEL_MAX, "masked")
+    dtype = module_dtype(forward.module)
+    clean_inputs = _model_inputs(normalizer, pixels01, "clean", dtype)
+    masked_inputs = _model_inputs(normalizer, masked / _PIXEL_MAX, "masked", dtype)
     with model_context(forward.module, force_eval):
         if attributions_top2 is not None:
             probs = chunked_scores(

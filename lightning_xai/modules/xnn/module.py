@@ -372,7 +372,7 @@ class XNN(_ConceptExplanations, L.LightningModule):
             return
         x, y, batch_size = self._cache_features()
         self._decide_decoder_activation(x)
-        with torch.enable_grad(), preserved_state(self.network):
+        with torch.enable_grad(), preserved_state(self.network, buffers=False):
             self.network.train()
             self.pretrain(x, y, self.hparams.pretrain_epochs, batch_size)
         _broadcast_from_rank_zero(self.network)
