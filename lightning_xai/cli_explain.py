@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,10 @@ def run_explain(argv: Sequence[str]) -> int:
         )
     except (ValueError, TypeError, FileNotFoundError) as error:
         parser.error(str(error))
-    writer = ExplanationWriter(args.out, method=args.method)
+    unreadable = list(getattr(dataset, "unreadable", ()))
+    for name, reason in unreadable:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    writer = ExplanationWriter(args.out, method=args.method, unreadable=unreadable)
     pending = writer.pending(len(dataset))
     trainer_args = {k: v for k, v in vars(args.trainer).items()}
     trainer = L.Trainer(**trainer_args, callbacks=[writer], logger=False, inference_mode=False)
@@ -147,6 +151,7 @@ def run_explain(argv: Sequence[str]) -> int:
         done = len(dataset) - len(pending)
         print(
             json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2)
-            + f"\n{len(pending)} explained now, {done} already done; wrote {args.out}/metrics.json"
+            + f"\n{len(pending)} explained now, {done} already done, {len(unreadable)} unreadable skipped; "
+            f"wrote {args.out}/metrics.json"
         )
     return 0

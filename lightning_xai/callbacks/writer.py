@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,13 @@ class ExplanationWriter(BasePredictionWriter):
     - ``heatmaps/<index>.png``: the heatmap over the image;
     - ``maps/<index>.npy``: the raw (H, W) map (float32);
     - ``records/<index>.json``: prediction, confidence, explained class, label, file name, per-sample scores;
-      written last and atomically, so a record marks a finished sample;
+      written last, so a record marks a finished sample;
     - ``manifest-rank<r>.txt``: the indices each process wrote, in order;
-    - ``metrics.json`` (global rank zero, at the end): the mean of every score and every record.
+    - ``metrics.json`` (global rank zero, at the end): the mean of every score and every record, and the files
+      that could not be read (``unreadable``).
+
+    Every file is written under a temporary name and moved into place (``os.replace``), so a run killed at any
+    moment leaves only complete files behind.
 
     A sample whose record exists is not written again: the duplicates some distributed samplers add are
     dropped by index, and :meth:`pending` lets a restarted run explain only the samples still missing.
@@ -36,11 +40,19 @@ class ExplanationWriter(BasePredictionWriter):
         [0, 1, 2, 3]
     """
 
-    def __init__(self, out_dir: str | Path, method: str = "", save_maps: bool = True) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        method: str = "",
+        save_maps: bool = True,
+        unreadable: Sequence[tuple[str, str]] = (),
+    ) -> None:
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
         self.method = method
         self.save_maps = save_maps
+        #: (file name, reason) of the inputs that could not be read; listed in ``metrics.json``.
+        self.unreadable = list(unreadable)
         self.written: list[int] = []
         self.skipped: list[int] = []
 
@@ -58,6 +70,8 @@ class ExplanationWriter(BasePredictionWriter):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for folder in ("heatmaps", "maps", "records"):
             (self.out_dir / folder).mkdir(parents=True, exist_ok=True)
+            for stale in (self.out_dir / folder).glob(f"*.tmp{trainer.global_rank}"):
+                stale.unlink()  # left by a run killed while writing
 
     def write_on_batch_end(
         self,
@@ -78,9 +92,16 @@ class ExplanationWriter(BasePredictionWriter):
             stem = self.stem(index)
             image, heat = prediction["inputs"][row], prediction["maps"][row]
             array = (overlay(image, heat) * 255).round().clip(0, 255).astype(np.uint8)
-            Image.fromarray(array).save(self.out_dir / "heatmaps" / f"{stem}.png")
+            _atomic_write(
+                self.out_dir / "heatmaps" / f"{stem}.png",
+                rank,
+                lambda handle, array=array: Image.fromarray(array).save(handle, format="PNG"),
+            )
             if self.save_maps:
-                np.save(self.out_dir / "maps" / f"{stem}.npy", heat.float().numpy())
+                values = heat.float().numpy()
+                _atomic_write(
+                    self.out_dir / "maps" / f"{stem}.npy", rank, lambda handle, v=values: np.save(handle, v)
+                )
             record = {
                 "index": index,
                 "name": None if prediction.get("name") is None else str(prediction["name"][row]),
@@ -92,10 +113,8 @@ class ExplanationWriter(BasePredictionWriter):
                 "scores": {k: float(v[row]) for k, v in prediction["scores"].items()},
                 "heatmap": f"heatmaps/{stem}.png",
             }
-            path = self.record_path(index)
-            tmp = path.with_suffix(f".tmp{rank}")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, path)
+            text = json.dumps(record)
+            _atomic_write(self.record_path(index), rank, lambda handle, t=text: handle.write(t.encode()))
             self.written.append(index)
             with manifest.open("a") as handle:
                 handle.write(f"{index}\n")
@@ -121,5 +140,16 @@ class ExplanationWriter(BasePredictionWriter):
             else None,
             "samples": records,
         }
-        (self.out_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+        if self.unreadable:
+            summary["unreadable"] = [{"name": name, "reason": reason} for name, reason in self.unreadable]
+        text = json.dumps(summary, indent=1)
+        _atomic_write(self.out_dir / "metrics.json", 0, lambda handle: handle.write(text.encode()))
         return summary
+
+
+def _atomic_write(path: Path, rank: int, write: Callable[[Any], Any]) -> None:
+    """``write(handle)`` into a temporary file beside ``path``, then move it into place in one step."""
+    tmp = path.with_name(f"{path.name}.tmp{rank}")
+    with tmp.open("wb") as handle:
+        write(handle)
+    os.replace(tmp, path)

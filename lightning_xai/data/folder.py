@@ -15,12 +15,25 @@ from torch.utils.data import Dataset
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
+def _unreadable(path: Path) -> str | None:
+    """Why ``path`` cannot be decoded as an image, or None when it can."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 class ImageFolderDataset(Dataset):
     """Every image file under ``root`` (recursively, sorted by relative path), as
     ``{"image": (3, size, size) float tensor, "index": i, "name": relative path}``.
 
-    Images are converted to RGB, scaled to [0, 1], resized to ``image_size`` (bilinear) and, with ``mean`` and
-    ``std``, normalised per channel.
+    Images (grey, RGBA, palette, any size down to 1×1) are converted to RGB, scaled to [0, 1], resized to
+    ``image_size`` (bilinear) and, with ``mean`` and ``std``, normalised per channel. Files that do not decode are
+    skipped and listed in :attr:`unreadable`.
 
     Example:
         >>> import tempfile, numpy as np
@@ -42,11 +55,27 @@ class ImageFolderDataset(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist or is not a folder")
-        self.files = sorted(
+        candidates = sorted(
             p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
-        if not self.files:
+        if not candidates:
             raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {str(self.root)!r}")
+        #: The image files that decode, and ``(relative path, reason)`` of those that do not (empty, truncated,
+        #: not an image): each is decoded once here, so a bad file is reported by name and skipped, never met
+        #: half-way through a run.
+        self.files: list[Path] = []
+        self.unreadable: list[tuple[str, str]] = []
+        for path in candidates:
+            reason = _unreadable(path)
+            if reason is None:
+                self.files.append(path)
+            else:
+                self.unreadable.append((path.relative_to(self.root).as_posix(), reason))
+        if not self.files:
+            listed = "; ".join(f"{name}: {reason}" for name, reason in self.unreadable[:5])
+            raise ValueError(
+                f"none of the {len(candidates)} image files under {str(self.root)!r} can be read ({listed})"
+            )
         if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 1):
             raise ValueError(f"`image_size` must be a positive int or None, got {image_size!r}")
         if (mean is None) != (std is None):
