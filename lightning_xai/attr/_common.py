@@ -7,15 +7,15 @@ with the same messages.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._checks import check_nonempty_batch, check_tensor, describe
+from ..explain.state import warn_if_training  # noqa: F401 - re-exported for the attribution classes
 from ..models.scoring import Score
 from ..models.scoring import clean_scores as _clean_scores
 
@@ -58,17 +58,6 @@ def format_additional_forward_args(args: object) -> tuple[Any, ...]:
     """Captum's convention for extra forward arguments: None, one object, or a tuple of them."""
     formatted = _format_additional_forward_args(args)
     return () if formatted is None else tuple(formatted)
-
-
-def warn_if_training(module: nn.Module | None, what: str) -> None:
-    """Explanations of a model in training mode see dropout and batch statistics; say so, but leave it."""
-    if module is not None and module.training:
-        warnings.warn(
-            f"{what}: the model is in training mode (dropout and batch-norm statistics change its output); "
-            "call `model.eval()` first unless this is intended",
-            UserWarning,
-            stacklevel=3,
-        )
 
 
 def check_baselines_not_target(baselines: object) -> None:

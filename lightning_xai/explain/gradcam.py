@@ -18,7 +18,7 @@ from .._checks import (
 )
 from ..models import check_logits, forward_module, logits_of, resolve_layer, tokens_to_grid
 from .hooks import ActivationTap, forward_hook
-from .state import preserved_state, require_grad_mode
+from .state import preserved_state, require_grad_mode, warn_if_training
 
 
 def grad_cam(
@@ -66,8 +66,15 @@ def grad_cam(
         torch.Size([2, 1, 64, 64])
     """
     check_tensor("inputs", inputs)
-    if inputs.ndim < 2:
-        raise ValueError(f"`inputs` must be batched (B, ...), got {describe(inputs)}")
+    if inputs.is_floating_point() and inputs.ndim != 4:
+        raise ValueError(
+            f"`inputs` must be 4-D (B, C, H, W) images or (B, L) token ids, got {describe(inputs)}"
+        )
+    if not inputs.is_floating_point() and inputs.ndim != 2:
+        raise TypeError(
+            f"`inputs` must be floating (B, C, H, W) images or integer (B, L) token ids, got {describe(inputs)}; "
+            "convert uint8 images with `inputs.float() / 255`"
+        )
     check_nonempty_batch("inputs", inputs)
     if not callable(forward_func):
         raise TypeError(f"`forward_func` must be a model or a callable, got {describe(forward_func)}")
@@ -83,6 +90,8 @@ def grad_cam(
     if module is not None:
         check_inputs_on_model_device("inputs", inputs, module)
     require_grad_mode("grad_cam")
+    if not create_graph:  # with create_graph the call is part of a training step
+        warn_if_training(module, "grad_cam")
     extra = tuple(additional_forward_args or ())
     tap = ActivationTap()
     batch = inputs.shape[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -86,4 +87,15 @@ def require_grad_mode(what: str) -> None:
             f"{what} needs gradients, but it runs under torch.inference_mode (Lightning's validate/test/predict "
             "loops use it by default). Create the Trainer with `Trainer(inference_mode=False)` (in a "
             "LightningCLI YAML: `trainer: {inference_mode: false}`)."
+        )
+
+
+def warn_if_training(module: nn.Module | None, what: str) -> None:
+    """Explanations of a model in training mode see dropout and batch statistics; say so, but leave it."""
+    if module is not None and module.training:
+        warnings.warn(
+            f"{what}: the model is in training mode (dropout and batch-norm statistics change its output); "
+            "call `model.eval()` first unless this is intended",
+            UserWarning,
+            stacklevel=3,
         )

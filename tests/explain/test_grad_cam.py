@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import timm
 import torch
@@ -152,3 +154,13 @@ def test_create_graph_keeps_training_statistics_and_a_plain_call_restores_them()
     cam = grad_cam(model, x, [0, 1], create_graph=True)  # part of a training step
     cam.sum().backward()
     assert not torch.equal(model.bn1.running_mean, before)
+
+
+def test_a_model_in_training_mode_gets_a_warning_unless_the_call_is_training():
+    model = timm.create_model("resnet18", pretrained=False, num_classes=4).train()
+    x = torch.rand(2, 3, 32, 32)
+    with pytest.warns(UserWarning, match="grad_cam: the model is in training mode"):
+        grad_cam(model, x, [0, 1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grad_cam(model, x, [0, 1], create_graph=True)

@@ -236,3 +236,24 @@ def test_a_bfloat16_model_is_explained(name):
     values = result.values() if isinstance(result, dict) else result if isinstance(result, list) else [result]
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
     assert all(bool(torch.isfinite(t.float()).all()) for t in tensors)
+
+
+BAD_INPUTS = {
+    "3-D inputs": (lambda x: x[0], (ValueError, TypeError), r"inputs|images|4-D|\(B"),
+    "NaN": (lambda x: x.clone().fill_(float("nan")), ValueError, "NaN|finite"),
+    "uint8": (lambda x: (x * 255).to(torch.uint8), (ValueError, TypeError), "float|dtype|uint8"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_inputs_fail_with_a_named_error_before_the_model_runs(name, bad):
+    if name == "AVX" and bad == "uint8":
+        pytest.skip("AVX takes pixels, uint8 included")
+    model, x = _prepare(name)
+    model.eval()
+    change, error, match = BAD_INPUTS[bad]
+    model.calls = 0
+    with pytest.raises(error, match=match):
+        CASES[name](model, change(x))
+    assert model.calls == 0
