@@ -37,9 +37,12 @@ def gaussian_blur(inputs: Tensor, kernel_size: int = 51, sigma: float = 50.0) ->
     if not isinstance(sigma, (int, float)) or sigma <= 0:
         raise ValueError(f"`sigma` must be a positive number, got {sigma!r}")
     kernel_size = min(kernel_size, 2 * min(inputs.shape[-2:]) - 1)
-    return kornia.filters.gaussian_blur2d(
+    blurred = kornia.filters.gaussian_blur2d(
         inputs, (kernel_size, kernel_size), (float(sigma), float(sigma)), border_type="reflect"
     )
+    return blurred.to(
+        inputs.dtype
+    )  # under torch.autocast the convolution runs (and returns) in lower precision
 
 
 def constant_baseline(inputs: Tensor, value: float = 0.0) -> Tensor:

@@ -257,3 +257,61 @@ def test_bad_inputs_fail_with_a_named_error_before_the_model_runs(name, bad):
     with pytest.raises(error, match=match):
         CASES[name](model, change(x))
     assert model.calls == 0
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_float32_model_under_autocast_is_explained(name):
+    model, x = _prepare(name)
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = CASES[name](model, x)
+    values = result.values() if isinstance(result, dict) else result if isinstance(result, list) else [result]
+    assert all(bool(torch.isfinite(v.float()).all()) for v in values if isinstance(v, torch.Tensor))
+
+
+class _Outputs(nn.Module):
+    """The model behind a forward that returns a tuple, a dict or a Hugging Face output."""
+
+    def __init__(self, model: Model, kind: str) -> None:
+        super().__init__()
+        self.model, self.kind = model, kind
+        self.net = model.net  # what the cases reach for (layers, heads)
+        self.calls, self.fail_at = 0, None
+
+    def forward(self, x: torch.Tensor) -> object:
+        logits = self.model(x)
+        if self.kind == "tuple":
+            return logits, None
+        if self.kind == "dict":
+            return {"logits": logits}
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        return SequenceClassifierOutput(logits=logits)
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict", "hf"])
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"MHEXAttribution", "XNNConceptAttribution"}))
+def test_models_returning_a_tuple_a_dict_or_a_hugging_face_output(name, kind):
+    model, x = _prepare(name)
+    wrapped = _Outputs(model.eval(), kind).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        CASES[name](wrapped, x)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: ADVISE(m, "no_such_layer"),
+        lambda m, x: grad_cam(m, x, 0, "no_such_layer"),
+        lambda m, x: XNNConceptAttribution(XNN(m, num_concepts=2, hidden=(4,))).attribute(
+            x, layer="no_such_layer"
+        ),
+    ],
+    ids=["ADVISE", "grad_cam", "XNNConceptAttribution"],
+)
+def test_an_unknown_layer_name_lists_the_layers(call):
+    model = Model().eval()
+    with pytest.raises(ValueError, match="no_such_layer"):
+        call(model, torch.rand(1, 3, SIZE, SIZE))
