@@ -137,8 +137,8 @@ class SelectorAttribution(Attribution):
 
         Args:
             inputs: images (B, C, H, W) or a one-tensor tuple.
-            target: accepted (int, list, (B,) tensor or None) and checked, without effect: the mask is
-                class-agnostic.
+            target: accepted (int, list, (B,) tensor or None) and checked (against the module's
+                ``num_classes`` when it has one), without effect: the mask is class-agnostic.
             additional_forward_args: passed to the selector after the images.
             expand_to_input: broadcast the mask over the input's channels, (B, C, H, W).
             internal_batch_size: images per selector call (None: the whole batch).
@@ -149,7 +149,9 @@ class SelectorAttribution(Attribution):
         tensors, is_tuple = format_inputs(inputs, max_tensors=1, ndim=4)
         x = tensors[0]
         check_internal_batch_size(internal_batch_size)
-        format_target(target, x.shape[0], None, x.device)
+        module = forward_module(self.forward_func)
+        num_classes = getattr(module, "num_classes", None)  # ComprehensiveAttribution knows its classes
+        format_target(target, x.shape[0], num_classes if isinstance(num_classes, int) else None, x.device)
         check_inputs_on_model_device("inputs", x, self.selector)
         warn_if_training(self.selector, "SelectorAttribution")
         extra = format_additional_forward_args(additional_forward_args)

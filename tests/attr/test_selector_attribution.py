@@ -104,3 +104,8 @@ def test_metrics_take_the_maps_like_any_other_method(module):
     deletion = DeletionAUC(module, resolution=4)
     deletion.update(x, maps, target=0)
     assert 0.0 <= float(deletion.compute()) <= 1.0
+
+
+def test_a_target_beyond_the_modules_classes_is_refused(module):
+    with pytest.raises(ValueError, match="number of classes"):
+        SelectorAttribution(module).attribute(torch.rand(2, 3, 16, 16), target=10)
