@@ -226,13 +226,14 @@ def test_inputs_of_another_dtype_than_the_model_name_both(name):
         CASES[name](model, x.half())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_a_bfloat16_model_is_explained(name):
-    model = Model().eval().to(torch.bfloat16)  # heads, XNN and selector are built on the bf16 model
+def test_a_half_precision_model_is_explained(name, dtype):
+    model = Model().eval().to(dtype)  # heads, XNN and selector are built on the half-precision model
     x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = CASES[name](model, x.to(torch.bfloat16))
+        result = CASES[name](model, x.to(dtype))
     values = result.values() if isinstance(result, dict) else result if isinstance(result, list) else [result]
     tensors = [v for v in values if isinstance(v, torch.Tensor)]
     assert all(bool(torch.isfinite(t.float()).all()) for t in tensors)
@@ -315,3 +316,16 @@ def test_an_unknown_layer_name_lists_the_layers(call):
     model = Model().eval()
     with pytest.raises(ValueError, match="no_such_layer"):
         call(model, torch.rand(1, 3, SIZE, SIZE))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_inputs_with_the_wrong_number_of_channels_name_the_channels_and_leave_the_model_alone(name):
+    model, x = _prepare(name)
+    before = _snapshot(model)
+    with (
+        warnings.catch_warnings(),
+        pytest.raises((RuntimeError, ValueError), match=r"channels|\(B, 3, H, W\) colour"),
+    ):
+        warnings.simplefilter("ignore")
+        CASES[name](model, torch.cat([x, x[:, :1]], 1))
+    _assert_same(before, _snapshot(model))
