@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
+from torch import Tensor
 from torchmetrics import Metric, MetricCollection
 
 from .._checks import describe
@@ -167,6 +168,14 @@ class ExplanationMetrics(AttributionCallback):
         # computed values are already reduced over processes: log them as they are
         pl_module.log_dict({k: v.float() for k, v in values.items() if v.numel() == 1}, sync_dist=False)
         self.last_values = {k: float(v) for k, v in values.items() if v.numel() == 1}
+        # rows a metric could not score (an empty mask, a constant map): summed over processes
+        skipped = {
+            f"{self.prefix}{name}_n_skipped": metric.n_skipped.float()
+            for name, metric in self.metrics.items()
+            if isinstance(getattr(metric, "n_skipped", None), Tensor)
+        }
+        if skipped:
+            pl_module.log_dict(skipped, sync_dist=True, reduce_fx="sum")
         self.metrics.reset()
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

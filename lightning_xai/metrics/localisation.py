@@ -49,7 +49,9 @@ class PointingGame(Metric):
     hit when a maximiser of the map lies in the mask or within Euclidean distance < ``tolerance`` pixels of
     a foreground pixel (a batched disk dilation of the masks). With ties every maximiser counts, where
     TorchRay takes the first; both agree without ties. ``tolerance=0`` is Quantus' ``PointingGame``.
-    Rows with an empty mask are skipped and counted in ``n_skipped``; leave out pairs whose objects are
+    Rows with an empty mask, and rows whose map is constant (every pixel ties for the maximum, as the all-zero
+    Grad-CAM of an untrained model does: such a map points nowhere), are skipped and counted in ``n_skipped``
+    (``compute()`` is NaN when every row was skipped); leave out pairs whose objects are
     all "difficult" before calling ``update``.
 
     Args:

@@ -178,7 +178,11 @@ def _by_hand(model: ImageClassifier, dm: ShapesDataModule, split: str) -> dict[s
         maps = torch.nn.functional.interpolate(maps, size=batch["image"].shape[-2:], mode="bilinear")[:, 0]
         deletion.update(batch["image"], maps, batch["label"])
         pointing.update(maps, batch["mask"])
-    return {"deletion": float(deletion.compute()), "pointing_game": float(pointing.compute())}
+    return {
+        "deletion": float(deletion.compute()),
+        "pointing_game": float(pointing.compute()),
+        "pointing_game_n_skipped": float(pointing.n_skipped),
+    }
 
 
 def test_logged_values_equal_the_metrics_computed_by_hand(tmp_path):
@@ -194,9 +198,11 @@ def test_logged_values_equal_the_metrics_computed_by_hand(tmp_path):
     run.test(model, dm, verbose=False)
     dm.setup("test")
     expected = _by_hand(model, dm, "test")
+    skipped = expected.pop("pointing_game_n_skipped")
     assert callback.last_values == pytest.approx({f"xai/{k}": v for k, v in expected.items()}, abs=1e-5)
+    assert float(run.callback_metrics["xai/pointing_game_n_skipped"]) == skipped  # degenerate maps are logged
     csv = (Path(run.logger.log_dir) / "metrics.csv").read_text()
-    assert "xai/deletion" in csv and "xai/pointing_game" in csv
+    assert "xai/deletion" in csv and "xai/pointing_game" in csv and "xai/pointing_game_n_skipped" in csv
 
 
 def test_metrics_from_mapping_class_paths_and_max_batches(tmp_path):

@@ -76,8 +76,8 @@ def test_pointing_game_any_maximiser_counts():
     maps[0, 7, 7] = 1.0  # first in TorchRay's argmax order would be (1, 1); both count here
     maps[0, 1, 1] = 1.0
     assert pointing_game(maps, masks, tolerance=0).item() == 1.0
-    constant = torch.ones(1, 8, 8)  # every pixel is a maximiser
-    assert pointing_game(constant, masks, tolerance=0).item() == 1.0
+    constant = torch.ones(1, 8, 8)  # every pixel is a maximiser: the map points nowhere and is skipped
+    assert torch.isnan(pointing_game(constant, masks, tolerance=0))
 
 
 def test_pointing_game_resizes_map_to_mask():
@@ -385,10 +385,12 @@ maps_strategy = hnp.arrays(
 def test_localisation_ranges(maps, seed):
     maps_t = torch.from_numpy(maps)
     masks = torch.rand(maps.shape[0], 6, 6, generator=torch.Generator().manual_seed(seed)) > 0.5
-    masks[0, 0, 0] = True  # at least one row is scored
+    masks[0, 0, 0] = True  # at least one row is scored (by the pointing games: unless every map is constant)
+    flat = maps_t.flatten(1)
+    all_constant = bool((flat.amax(1) == flat.amin(1)).all())
+    for value in (pointing_game(maps_t, masks), pointing_game(maps_t, masks, tolerance=0)):
+        assert (all_constant and math.isnan(value.item())) or 0.0 <= value.item() <= 1.0
     for value in (
-        pointing_game(maps_t, masks),
-        pointing_game(maps_t, masks, tolerance=0),
         energy_pointing_game(maps_t, masks),
         iou_auc(maps_t, masks),
         pixel_average_precision(maps_t, masks),
@@ -415,10 +417,9 @@ def test_pointing_game_invariant_to_increasing_transforms(values, seed, toleranc
     masks = torch.rand(maps.shape, generator=torch.Generator().manual_seed(seed)) > 0.6
     masks[:, 0, 0] = True
     fn = {"exp": torch.exp, "cube": lambda x: x**3 + x, "affine": lambda x: 3 * x - 7}[transform]
-    assert (
-        pointing_game(fn(maps), masks, tolerance=tolerance).item()
-        == pointing_game(maps, masks, tolerance=tolerance).item()
-    )
+    transformed = pointing_game(fn(maps), masks, tolerance=tolerance).item()
+    plain = pointing_game(maps, masks, tolerance=tolerance).item()
+    assert transformed == plain or (math.isnan(transformed) and math.isnan(plain))
 
 
 @settings(max_examples=25, deadline=None)
@@ -580,3 +581,15 @@ def test_pxap_comet_foreground_below_every_threshold_scores_zero():
     assert pixel_average_precision(maps, masks, compat="comet").item() == 0.0
     assert pixel_average_precision(maps, masks).item() == 0.0
     assert pixel_average_precision(maps, torch.zeros_like(masks)).isnan()  # no foreground at all
+
+
+def test_a_constant_map_points_nowhere_and_is_skipped_not_a_hit():
+    masks = torch.zeros(3, 8, 8, dtype=torch.bool)
+    masks[:, 2:4, 2:4] = True
+    maps = torch.zeros(3, 8, 8)  # an untrained model's all-zero Grad-CAM
+    maps[1] = 0.5  # constant but not zero
+    maps[2, 3, 3] = 1.0  # a real map, on the object
+    metric = PointingGame()
+    metric.update(maps, masks)
+    assert float(metric.compute()) == 1.0 and int(metric.n_skipped) == 2
+    assert torch.isnan(pointing_game(maps[:2], masks[:2]))

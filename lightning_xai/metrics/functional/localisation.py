@@ -99,12 +99,17 @@ def _dilate(masks: Tensor, tolerance: float) -> Tensor:
 
 
 def _pointing_game_hits(maps: Tensor, masks: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
-    """Per-row hit (B,) and validity (B,) (non-empty mask); ``maps`` must already be at the mask size."""
+    """Per-row hit (B,) and validity (B,); ``maps`` must already be at the mask size.
+
+    A row is valid when its mask is not empty and its map is not constant: a constant map (an untrained
+    model's all-zero Grad-CAM) has every pixel tied for the maximum, points nowhere, and must not count as a
+    hit."""
     flat = maps.flatten(1)
-    maximisers = (flat == flat.amax(1, keepdim=True)).view_as(maps)
+    top = flat.amax(1, keepdim=True)
+    maximisers = (flat == top).view_as(maps)
     accepted = _dilate(masks, tolerance)
     hit = (maximisers & accepted).flatten(1).any(1)
-    valid = masks.flatten(1).any(1)
+    valid = masks.flatten(1).any(1) & (flat.amin(1, keepdim=True) < top)[:, 0]
     return hit, valid
 
 
@@ -168,7 +173,7 @@ def _pointing_game_update(
     num_classes: int | None = None,
     channel_reduction: ChannelReduction = "sum",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-class hit and miss counts (K,) and the number of rows skipped for an empty mask."""
+    """Per-class hit and miss counts (K,) and the number of rows skipped (an empty mask or a constant map)."""
     maps, masks = _maps_and_masks(attributions, masks, channel_reduction)
     ids = _format_class_ids(class_ids, maps.shape[0], num_classes, maps.device)
     maps = resize_maps(maps, tuple(masks.shape[-2:]))
