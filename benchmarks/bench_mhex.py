@@ -97,6 +97,7 @@ def parse_args() -> argparse.Namespace:
     tokens = parser.add_argument_group("tokens")
     tokens.add_argument("--token-train-size", type=int, default=2000)
     tokens.add_argument("--token-epochs", type=int, default=6)
+    tokens.add_argument("--token-lr", type=float, default=2e-3, help="AdamW lr of the text models")
     tokens.add_argument("--seq-len", type=int, default=32)
     tokens.add_argument("--bert-hidden", type=int, default=32)
     tokens.add_argument("--bert-layers", type=int, default=4)
@@ -417,7 +418,9 @@ def token_section(args: argparse.Namespace) -> dict[str, Any]:
                 test_size=args.eval_size,
                 seed=seed,
             )
-            module = TextClassifier(data.vocab_size, args.bert_hidden, args.bert_layers, args.seq_len, 2e-3)
+            module = TextClassifier(
+                data.vocab_size, args.bert_hidden, args.bert_layers, args.seq_len, args.token_lr
+            )
             callbacks = [] if name == "baseline" else [MultiHeadExplainer(special_token_ids=SPECIAL)]
             start = time.perf_counter()
             quiet_trainer(max_epochs=args.token_epochs, callbacks=callbacks).fit(module, data)
@@ -449,7 +452,7 @@ def token_section(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  seed {seed} {name}: " + ", ".join(f"{k}={v:.3f}" for k, v in rows.items()), flush=True)
     print(
         f"\n### Tokens: TokensDataModule seq_len {args.seq_len}, train {args.token_train_size} (bias {args.bias}), "
-        f"BERT hidden {args.bert_hidden} x {args.bert_layers} layers, {args.token_epochs} epochs, "
+        f"BERT hidden {args.bert_hidden} x {args.bert_layers} layers, {args.token_epochs} epochs at lr {args.token_lr}, "
         f"{args.seeds} seeds (mean ± std)\n"
     )
     print(
