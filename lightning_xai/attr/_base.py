@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .._checks import describe
@@ -44,7 +45,5 @@ class NormalizedAttribution:
     def input_normalization(self) -> tuple[Tensor, Tensor] | None:
         """Deprecated: ``normalization`` as a pair of float64 tensors."""
         warn_deprecated(f"{type(self).__name__}.input_normalization", f"{type(self).__name__}.normalization")
-        import torch
-
         norm = self.normalization
         return None if norm is None else (torch.tensor(norm.mean).double(), torch.tensor(norm.std).double())
