@@ -27,7 +27,20 @@ from lightning_xai.attr import (
 )
 from lightning_xai.explain import grad_cam
 from lightning_xai.heads import inject_mhex
-from lightning_xai.metrics import AVX, AverageDrop, DeletionAUC, IncreaseInConfidence, InsertionAUC
+from lightning_xai.metrics import (
+    AVX,
+    AverageDrop,
+    Complexity,
+    DeletionAUC,
+    EnergyPointingGame,
+    ExplanationConsistency,
+    IncreaseInConfidence,
+    InsertionAUC,
+    IoUAUC,
+    PixelAveragePrecision,
+    PointingGame,
+    Sparseness,
+)
 from lightning_xai.models import small_resnet
 from lightning_xai.modules import XNN
 
@@ -203,7 +216,7 @@ def test_repeated_calls_leak_neither_hooks_nor_objects(name):
     gc.collect()
     objects = len(gc.get_objects())
     hooks = _snapshot(model)["hooks"]
-    for _ in range(100 if name == "grad_cam" else 20):
+    for _ in range(100):
         CASES[name](model, x)
     gc.collect()
     assert _snapshot(model)["hooks"] == hooks
@@ -330,3 +343,31 @@ def test_inputs_with_the_wrong_number_of_channels_name_the_channels_and_leave_th
         warnings.simplefilter("ignore")
         CASES[name](model, torch.cat([x, x[:, :1]], 1))
     _assert_same(before, _snapshot(model))
+
+
+MAP_METRICS = {
+    "PointingGame": lambda m, masks: _score(PointingGame(), m, masks),
+    "EnergyPointingGame": lambda m, masks: _score(EnergyPointingGame(), m, masks),
+    "IoUAUC": lambda m, masks: _score(IoUAUC(), m, masks),
+    "PixelAveragePrecision": lambda m, masks: _score(PixelAveragePrecision(), m, masks),
+    "Sparseness": lambda m, masks: _score(Sparseness(), m),
+    "Complexity": lambda m, masks: _score(Complexity(), m),
+    "ExplanationConsistency": lambda m, masks: _score(ExplanationConsistency(), m, m.flip(-1)),
+}
+
+
+def _score(metric: object, *args: torch.Tensor) -> torch.Tensor:
+    metric.update(*args)
+    return metric.compute()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("name", sorted(MAP_METRICS))
+def test_map_metrics_accumulate_half_precision_maps_in_float32(name, dtype):
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.rand(4, SIZE, SIZE, generator=generator)
+    masks = torch.rand(4, SIZE, SIZE, generator=generator) > 0.5
+    full = MAP_METRICS[name](maps, masks)
+    half = MAP_METRICS[name](maps.to(dtype), masks)
+    assert half.dtype in (torch.float32, torch.float64)
+    assert float(half) == pytest.approx(float(full), rel=0.02, abs=0.01)
