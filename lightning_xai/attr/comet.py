@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._checks import (
@@ -124,6 +125,7 @@ class SelectorAttribution(Attribution):
             )
         self.selector = selector
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

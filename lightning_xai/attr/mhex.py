@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import Tensor
 
 from .._checks import (
@@ -87,6 +88,7 @@ class MHEXAttribution(Attribution):
         self.token_smoothing_sigma = float(token_smoothing_sigma)
         self._logits = LogitsForward(forward_func)
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from captum.attr import Attribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._checks import check_inputs_on_model_device, check_internal_batch_size, describe, format_target
@@ -64,6 +65,7 @@ class XNNConceptAttribution(Attribution):
             raise TypeError(f"`forward_func` must be a concept model or an XNN, got {describe(forward_func)}")
         super().__init__(forward_func)
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from captum.attr import LayerAttribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from ..._checks import (
@@ -254,6 +255,7 @@ class ADVISE(LayerAttribution):
 
     # ------------------------------------------------------------------------------------------------------
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

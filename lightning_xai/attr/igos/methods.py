@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from captum.attr import GradientAttribution
+from captum.log import log_usage
 from torch import Tensor
 
 from ..._checks import check_flag, check_inputs_on_model_device, format_target
@@ -48,6 +49,7 @@ class _IGOSBase(NormalizedAttribution, GradientAttribution):
 
     options_class: type[IGOSOptions] = IGOSOptions
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],

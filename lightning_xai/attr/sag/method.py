@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from captum.attr import PerturbationAttribution
+from captum.log import log_usage
 from torch import Tensor
 
 from ..._checks import (
@@ -111,6 +112,7 @@ class StructuredAttentionGraph(NormalizedAttribution, PerturbationAttribution):
 
     # -- public entry points ------------------------------------------------------------------------------
 
+    @log_usage()
     def attribute(
         self,
         inputs: Tensor | tuple[Tensor, ...],
