@@ -15,7 +15,6 @@ from captum._utils.common import _format_additional_forward_args, _format_output
 from torch import Tensor
 
 from .._checks import check_nonempty_batch, check_tensor, describe
-from ..explain.state import warn_if_training  # noqa: F401 - re-exported for the attribution classes
 from ..models.scoring import Score
 from ..models.scoring import clean_scores as _clean_scores
 

@@ -23,7 +23,7 @@ from .._checks import (
     describe,
     format_target,
 )
-from ..explain import preserved_state
+from ..explain import preserved_state, warn_if_training
 from ..models import forward_module
 from ..models.scoring import chunk_bounds, select_forward_args
 from ._base import check_forward_func
@@ -31,7 +31,6 @@ from ._common import (
     format_additional_forward_args,
     format_inputs,
     format_output,
-    warn_if_training,
 )
 
 __all__ = ["SelectorAttribution", "selector_logits", "selector_mask"]

@@ -19,7 +19,7 @@ from .._checks import (
     describe,
     format_target,
 )
-from ..explain import preserved_state
+from ..explain import preserved_state, warn_if_training
 from ..heads.mhex import LayerWeights, MHEXHandle, MHEXHeads, find_mhex
 from ..models import LogitsForward, check_logits, forward_module
 from ..models.scoring import chunk_bounds, select_forward_args
@@ -27,7 +27,6 @@ from ._base import check_forward_func
 from ._common import (
     format_additional_forward_args,
     format_output,
-    warn_if_training,
 )
 
 __all__ = ["MHEXAttribution"]

@@ -11,14 +11,13 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._checks import check_inputs_on_model_device, check_internal_batch_size, describe, format_target
-from ..explain import grad_cam, preserved_state
+from ..explain import grad_cam, preserved_state, warn_if_training
 from ..models import forward_module, resolve_layer
 from ..models.scoring import chunk_bounds, select_forward_args
 from ._common import (
     format_additional_forward_args,
     format_inputs,
     format_output,
-    warn_if_training,
 )
 from .igos import IGOS
 

@@ -5,7 +5,7 @@ from .gradcam import grad_cam
 from .hooks import ActivationTap, forward_hook
 from .normalization import IMAGENET, Normalization, resolve_normalization
 from .pgd import background_pgd
-from .state import preserved_state, require_grad_mode
+from .state import preserved_state, require_grad_mode, warn_if_training
 
 __all__ = [
     "IMAGENET",
@@ -23,4 +23,5 @@ __all__ = [
     "require_grad_mode",
     "resolve_normalization",
     "upsample_mask",
+    "warn_if_training",
 ]

@@ -20,7 +20,13 @@ from ..._checks import (
     describe,
     format_target,
 )
-from ...explain import Normalization, preserved_state, require_grad_mode, resolve_normalization
+from ...explain import (
+    Normalization,
+    preserved_state,
+    require_grad_mode,
+    resolve_normalization,
+    warn_if_training,
+)
 from ...explain.avx import (
     AVX_KEYS,
     AdForm,
@@ -38,7 +44,6 @@ from .._base import check_forward_func
 from .._common import (
     format_additional_forward_args,
     format_inputs,
-    warn_if_training,
 )
 from ..kde import adaptive_kde
 from .groups import ADVISEDetails, group_cams, rescale_maps, upsample_maps

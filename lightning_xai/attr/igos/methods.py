@@ -11,7 +11,14 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..._checks import check_flag, check_inputs_on_model_device, format_target
-from ...explain import Normalization, make_baseline, preserved_state, require_grad_mode, upsample_mask
+from ...explain import (
+    Normalization,
+    make_baseline,
+    preserved_state,
+    require_grad_mode,
+    upsample_mask,
+    warn_if_training,
+)
 from ...models import LogitsForward, forward_module
 from .._base import NormalizedAttribution
 from .._common import (
@@ -21,7 +28,6 @@ from .._common import (
     format_inputs,
     format_output,
     make_generator,
-    warn_if_training,
 )
 from .objective import _DELETION, _INSERTION, _Objective
 from .optimise import optimise

@@ -23,7 +23,7 @@ from ..._checks import (
     describe,
     format_target,
 )
-from ...explain import Normalization, preserved_state
+from ...explain import Normalization, preserved_state, warn_if_training
 from ...models import LogitsForward, forward_module
 from .._base import NormalizedAttribution
 from .._common import (
@@ -32,7 +32,6 @@ from .._common import (
     format_additional_forward_args,
     format_inputs,
     format_output,
-    warn_if_training,
 )
 from ..igos import IGOS, IGOSOptions
 from .patches import Interpolation, dnf_string, patch_masks, select_diverse
