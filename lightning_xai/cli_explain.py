@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import sys
@@ -19,6 +20,7 @@ from .attr.registry import METHOD_NAMES
 from .callbacks.writer import ExplanationWriter
 from .data import ShapesDataset
 from .data.folder import ImageFolderDataset
+from .heads import load_mhex_checkpoint
 from .models import build_model
 from .modules.explainer import SAMPLE_METRICS, Explainer
 
@@ -30,7 +32,10 @@ def build_explain_parser() -> ArgumentParser:
             "Explain every image of a folder (or of the synthetic shapes data) with a trained checkpoint or a "
             "timm model, and write heatmaps/, maps/, records/ and metrics.json to --out. It runs in Lightning's "
             "predict loop: --trainer.devices N --trainer.num_nodes M spreads the work, each sample is written "
-            "exactly once, and running the same command again resumes an interrupted run."
+            "exactly once, and running the same command again resumes an interrupted run: a file whose path, "
+            "size and content and whose settings (model, method and its arguments, target, image size, ...) "
+            "match a finished record is skipped, new or changed files are explained. A folder written with "
+            "other settings is refused unless --overwrite replaces its results."
         ),
         default_env=False,
     )
@@ -73,6 +78,12 @@ def build_explain_parser() -> ArgumentParser:
         "--metrics", type=list[str], default=["deletion", "insertion"], help=f"of {sorted(SAMPLE_METRICS)}"
     )
     parser.add_argument("--out", type=str, default="explain-out", help="output folder")
+    parser.add_argument(
+        "--overwrite",
+        type=bool,
+        default=False,
+        help="replace the results of --out when they were made with other settings",
+    )
     parser.add_class_arguments(L.Trainer, "trainer", skip={"callbacks", "logger", "inference_mode"})
     parser.set_defaults({"trainer.enable_model_summary": False, "trainer.accelerator": "auto"})
     return parser
@@ -96,7 +107,8 @@ def load_model(checkpoint: str | None, module_class: str, model: str | None, num
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"checkpoint {checkpoint!r} does not exist")
-        module = _module_class(module_class).load_from_checkpoint(checkpoint, map_location="cpu")
+        # heads a MultiHeadExplainer trained (recorded in the checkpoint) are attached before the weights load
+        module = load_mhex_checkpoint(_module_class(module_class), checkpoint, map_location="cpu")
         return module.eval()
     return build_model(model, num_classes).eval()
 
@@ -105,6 +117,50 @@ def build_dataset(images: str | None, image_size: int, mean, std, num_samples: i
     if images is not None:
         return ImageFolderDataset(images, image_size=image_size, mean=mean, std=std)
     return ShapesDataset(num_samples=num_samples, image_size=image_size, seed=seed, split="test")
+
+
+def _file_identity(path: Path, root: Path) -> dict[str, Any]:
+    """A file's relative path, size and content hash: what makes its explanation still valid."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "name": path.relative_to(root).as_posix(),
+        "size": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def sample_identities(dataset: Dataset) -> list[dict[str, Any]]:
+    """What identifies each sample of ``dataset`` across runs: a file's identity, or a synthetic index."""
+    if isinstance(dataset, ImageFolderDataset):
+        return [_file_identity(path, dataset.root) for path in dataset.files]
+    return [{"index": i} for i in range(len(dataset))]
+
+
+def run_settings(args: Any) -> dict[str, Any]:
+    """Everything besides the sample that the outputs depend on, as recorded in ``--out``'s ``run.json``."""
+    if args.checkpoint is not None:
+        checkpoint = Path(args.checkpoint).resolve()
+        stat = checkpoint.stat()
+        model = {"checkpoint": str(checkpoint), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        model["module_class"] = args.module_class
+    else:
+        model = {"model": args.model, "num_classes": args.num_classes, "seed": args.seed}
+    data = {"image_size": args.image_size, "mean": args.mean, "std": args.std}
+    if args.images is None:
+        data.update(images="shapes", seed=args.seed)
+    return {
+        "model": model,
+        "data": data,
+        "method_args": args.method_args,
+        "attribute_args": args.attribute_args,
+        "layer": args.layer,
+        "target": args.target,
+        "metrics": list(args.metrics),
+        "precision": str(args.trainer.precision),
+    }
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,13 +190,23 @@ def run_explain(argv: Sequence[str]) -> int:
             target=args.target,
             metrics=args.metrics,
         )
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
         parser.error(str(error))
     unreadable = list(getattr(dataset, "unreadable", ()))
     for name, reason in unreadable:
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    writer = ExplanationWriter(args.out, method=args.method, unreadable=unreadable)
-    pending = writer.pending(len(dataset))
+    writer = ExplanationWriter(
+        args.out,
+        method=args.method,
+        unreadable=unreadable,
+        identities=sample_identities(dataset),
+        settings=run_settings(args),
+        overwrite=args.overwrite,
+    )
+    try:
+        pending = writer.pending(len(dataset))
+    except ValueError as error:
+        parser.error(str(error))
     trainer_args = {k: v for k, v in vars(args.trainer).items()}
     trainer = L.Trainer(**trainer_args, callbacks=[writer], logger=False, inference_mode=False)
     if pending:

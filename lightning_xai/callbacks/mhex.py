@@ -13,16 +13,19 @@ from torch import Tensor, nn
 from .._checks import describe
 from ..data.batch import Batch, split_batch
 from ..heads.mhex import (
+    MHEX_CHECKPOINT_KEY,
     GateCalibration,
     GateMode,
     MHEXHandle,
     MHEXHeads,
     MHEXOptions,
+    attach_mhex_from_checkpoint,
     check_lambdas,
     find_mhex,
     head_accuracy,
     inject_mhex,
     lambda_list,
+    mhex_checkpoint_entry,
 )
 from ..losses import LossParts, LossTap
 from ..models.layers import find_network
@@ -56,8 +59,12 @@ class MultiHeadExplainer(Callback):
             :func:`~lightning_xai.data.split_batch`).
         log_heads: log each head's loss and accuracy.
 
-    To load a checkpoint of a module trained with this callback outside a Trainer, attach the heads first:
-    ``MultiHeadExplainer(...).attach(module)``, then ``module.load_state_dict(ckpt["state_dict"])``.
+    Checkpoints record the heads under ``checkpoint["mhex"]`` (the resolved options and stage names, see
+    :func:`~lightning_xai.heads.mhex.mhex_checkpoint_entry`). Resuming with ``Trainer.fit(..., ckpt_path=)``
+    re-attaches them before the weights are loaded; outside a Trainer, load with
+    :func:`~lightning_xai.heads.load_mhex_checkpoint` (``load_mhex_checkpoint(ImageClassifier, path)``), which
+    ``lightning-xai explain --checkpoint`` uses too, or attach the heads yourself
+    (``MultiHeadExplainer(...).attach(module)``) and then ``module.load_state_dict(ckpt["state_dict"])``.
 
     Example:
         >>> import lightning as L
@@ -329,6 +336,24 @@ class MultiHeadExplainer(Callback):
         config = dict(self.handle.heads.config) if self.handle is not None else self.options.to_config()
         config["lambdas"] = self.lambdas
         return config
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        entry = mhex_checkpoint_entry(pl_module)
+        if entry is not None:
+            checkpoint[MHEX_CHECKPOINT_KEY] = entry
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Runs before the state dict is loaded. `setup` has attached the heads already in `fit`; any other
+        # way in gets them from the checkpoint's record.
+        if self.heads is None or self.handle.removed:
+            handle = attach_mhex_from_checkpoint(pl_module, checkpoint)
+            if handle is not None:
+                self.handle = handle
+                self._lambdas = lambda_list(self.lambdas, len(handle.stages))
 
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.config(), "train_batches": self._train_batches}

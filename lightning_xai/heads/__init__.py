@@ -11,6 +11,7 @@ from .mhex import (
     find_mhex,
     infer_num_classes,
     inject_mhex,
+    load_mhex_checkpoint,
 )
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "find_mhex",
     "infer_num_classes",
     "inject_mhex",
+    "load_mhex_checkpoint",
 ]

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchmetrics.utilities import rank_zero_warn
 
 from .._checks import check_in_choices, check_nonempty_batch, check_same_device, check_tensor, describe
 from ..explain import preserved_state
@@ -91,6 +92,18 @@ def acc_dtype(device: torch.device) -> torch.dtype:
 def mean_compute(total: Tensor, count: Tensor) -> Tensor:
     """``total / count`` as a float scalar; NaN when nothing was counted."""
     return (total.double() / count.double()).float() if total.device.type != "mps" else total / count
+
+
+def warn_all_skipped(
+    name: str, n_skipped: Tensor | int, scored: Tensor | int, reason: str = "a constant map or an empty mask"
+) -> None:
+    """Warn (on rank zero) when rows were given and every one was skipped, so that a NaN result is never
+    silent. Before any ``update`` nothing was skipped: torchmetrics' own warning covers that case."""
+    if int(scored) == 0 and int(n_skipped) > 0:
+        rank_zero_warn(
+            f"{name}: all {int(n_skipped)} rows were skipped ({reason}: nothing to score), so the result is NaN",
+            UserWarning,
+        )
 
 
 def forward_of(forward_func: Callable[..., Any]) -> tuple[LogitsForward, torch.nn.Module | None]:

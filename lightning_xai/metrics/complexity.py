@@ -14,7 +14,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from .._checks import check_in_choices
-from ._common import ChannelReduction, mean_compute
+from ._common import ChannelReduction, mean_compute, warn_all_skipped
 from .functional.complexity import _complexity_update, _sparseness_update
 
 __all__ = ["Complexity", "Sparseness"]
@@ -60,6 +60,7 @@ class _PerSampleMean(Metric):
             self.scores.append(torch.where(valid, scores, torch.nan).to(self.score_sum.dtype))
 
     def compute(self) -> Tensor | dict[str, Tensor]:
+        warn_all_skipped(type(self).__name__, self.n_skipped, self.count, reason="an all-zero map")
         mean = mean_compute(self.score_sum, self.count)
         if not self.return_per_sample:
             return mean
@@ -72,17 +73,18 @@ class Sparseness(_PerSampleMean):
 
     Per sample, every element is flattened and ``a = |attr| / max |attr| + 1e-7`` is sorted ascending;
     ``G = Σ_i (2i − n − 1) a_(i) / (n Σ_i a_(i))``. It lies in [0, (n−1)/n]: 0 for a constant map,
-    ≈ (n−1)/n for a one-hot map. An all-zero map is left unscaled, as in Quantus, so it scores 0. Quantus
-    scales by the batch maximum instead of the sample's; the Gini index is scale-invariant, so the two
-    differ by < 1e-6.
+    ≈ (n−1)/n for a one-hot map. An all-zero map has no distribution to be sparse or not (0/0, which
+    Quantus' epsilon turns into 0): it is skipped and counted in ``n_skipped``; ``compute()`` is NaN, with a
+    warning, when every map was. Quantus scales by the batch maximum instead of the sample's; the Gini index
+    is scale-invariant, so the two differ by < 1e-6.
 
     Args:
         channel_reduction: ``"none"`` (default; flatten every element as Quantus does), ``"sum"``,
             ``"sum_abs"`` or ``"max_abs"``.
-        return_per_sample: keep the per-sample scores (a ``cat`` state); ``compute()`` then returns
-            ``{"sparseness": mean, "scores": (N,)}``.
+        return_per_sample: keep the per-sample scores (a ``cat`` state, NaN for skipped maps);
+            ``compute()`` then returns ``{"sparseness": mean, "scores": (N,)}``.
 
-    States: ``score_sum``, ``count``, ``n_skipped`` (always 0 here); optional ``scores``.
+    States: ``score_sum``, ``count``, ``n_skipped``; optional ``scores``.
 
     Example:
         >>> import torch
@@ -111,7 +113,7 @@ class Complexity(_PerSampleMean):
     Per sample, every element is flattened, ``a = |attr| / max |attr|``, ``p = a / Σ a`` and
     ``H = −Σ_i p_i log(p_i + 1e-12)``. It lies in [0, log n]: log n for a constant map, 0 for a one-hot map;
     lower is simpler. An all-zero map has no distribution (NaN in Quantus): it is skipped and counted in
-    ``n_skipped``.
+    ``n_skipped``; ``compute()`` is NaN, with a warning, when every map was.
 
     Args:
         channel_reduction: ``"none"`` (default; flatten every element as Quantus does), ``"sum"``,

@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from .._checks import check_in_choices
-from ._common import ChannelReduction, mean_compute
+from ._common import ChannelReduction, mean_compute, warn_all_skipped
 from .functional.localisation import (
     Average,
     UnitNormalize,
@@ -51,7 +51,7 @@ class PointingGame(Metric):
     TorchRay takes the first; both agree without ties. ``tolerance=0`` is Quantus' ``PointingGame``.
     Rows with an empty mask, and rows whose map is constant (every pixel ties for the maximum, as the all-zero
     Grad-CAM of an untrained model does: such a map points nowhere), are skipped and counted in ``n_skipped``
-    (``compute()`` is NaN when every row was skipped); leave out pairs whose objects are
+    (``compute()`` is NaN, with a warning, when every row was skipped); leave out pairs whose objects are
     all "difficult" before calling ``update``.
 
     Args:
@@ -127,6 +127,7 @@ class PointingGame(Metric):
         self.n_skipped += skipped
 
     def compute(self) -> Tensor:
+        warn_all_skipped(type(self).__name__, self.n_skipped, self.hits.sum() + self.misses.sum())
         return _pointing_game_compute(self.hits, self.misses, self.average)
 
 
@@ -134,15 +135,16 @@ class EnergyPointingGame(Metric):
     """Energy-based pointing game (Score-CAM, arXiv 1910.01279).
 
     Per row, ``Σ_{u ∈ fg} S⁺(u) / Σ_u S⁺(u)`` with ``S⁺ = max(S, 0)`` at the mask's resolution; there is no
-    min-max normalisation because shifting a map changes the ratio. A map without positive values scores
-    0. The foreground is a segmentation mask or the union of the object boxes drawn as a mask; rows with an
-    empty one are skipped and counted in ``n_skipped``.
+    min-max normalisation because shifting a map changes the ratio. The foreground is a segmentation mask or
+    the union of the object boxes drawn as a mask. Rows with an empty one, and rows whose positive part is
+    constant (no positive value, as an all-zero map; or a constant map, whose ratio would only be the mask's
+    share of the image), are skipped and counted in ``n_skipped``.
 
     Args:
         channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"`` for C > 1 attribution channels.
 
     States: ``score_sum``, ``count``, ``n_skipped``. ``compute()`` returns the mean over rows (NaN when none
-    was counted).
+    was counted, with a warning when every row was skipped).
 
     Example:
         >>> import torch
@@ -151,8 +153,8 @@ class EnergyPointingGame(Metric):
         >>> masks = torch.tensor([[[1, 0], [0, 0]], [[1, 1], [0, 0]]])
         >>> metric = EnergyPointingGame()
         >>> metric.update(maps, masks)
-        >>> metric.compute()  # (3/4 + 2/4) / 2
-        tensor(0.6250)
+        >>> metric.compute(), metric.n_skipped  # 3/4; the constant map is skipped
+        (tensor(0.7500), tensor(1))
     """
 
     is_differentiable = False
@@ -183,6 +185,7 @@ class EnergyPointingGame(Metric):
         self.n_skipped += skipped
 
     def compute(self) -> Tensor:
+        warn_all_skipped(type(self).__name__, self.n_skipped, self.count)
         return mean_compute(self.score_sum, self.count)
 
 
@@ -193,7 +196,9 @@ class IoUAUC(Metric):
     the masks by IoU. ``C(t)`` is the fraction of rows with ``IoU ≥ t`` for ``t ∈ {0, Δ, …, 1}``
     (Δ = ``iou_step``, 21 points by default), and the result is its trapezoid integral. Because
     ``∫₀¹ P(IoU ≥ t) dt = E[IoU]``, it lies within Δ/2 of the mean IoU, which ``compute()`` also returns when
-    ``return_mean_iou=True``. Rows with an empty mask are skipped and counted in ``n_skipped``.
+    ``return_mean_iou=True``. Rows with an empty mask, and rows whose map is constant after ``normalize`` (it
+    is then all on or all off, wherever the object is), are skipped and counted in ``n_skipped``;
+    ``compute()`` is NaN when no row was counted (with a warning when every row was skipped).
 
     Args:
         threshold: binarisation level τ_b (0.6; the reference sweeps 0.1–0.95 in some paths).
@@ -268,6 +273,7 @@ class IoUAUC(Metric):
         self.n_skipped += skipped
 
     def compute(self) -> Tensor | dict[str, Tensor]:
+        warn_all_skipped(type(self).__name__, self.n_skipped, self.count)
         auc, mean_iou = _iou_auc_compute(self.ge_counts, self.iou_sum, self.count)
         return {"iou_auc": auc, "mean_iou": mean_iou} if self.return_mean_iou else auc
 
@@ -283,7 +289,9 @@ class PixelAveragePrecision(Metric):
 
     The states are two int64 histograms over (−∞,t_1), [t_1,t_2), …, [t_T,∞); TP and FP are their
     cumulative sums from the top, so the result is exact and independent of how the data were split into
-    batches or processes.
+    batches or processes. A constant map (after ``normalize``) ranks no pixel above another: its pixels are
+    left out and the row is counted in ``n_skipped``. Rows with an empty mask are kept (their pixels are
+    background).
 
     ``compat="comet"`` reproduces the COMET reference: pixels below t_1 are left out of both histograms'
     sums and of ``N_fg``, and a pseudo-point (TP=1, FP=0, FN=10000) is put before the highest threshold,
@@ -296,7 +304,8 @@ class PixelAveragePrecision(Metric):
         normalize: ``"none"`` (a map outside [0, 1] is an error), ``"minmax"`` or ``"max"``, per sample.
         channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"`` for C > 1 attribution channels.
 
-    States: ``fg_hist`` (T+1,), ``bg_hist`` (T+1,), int64. ``compute()`` is NaN without foreground pixels.
+    States: ``fg_hist`` (T+1,), ``bg_hist`` (T+1,), int64, and ``n_skipped``. ``compute()`` is NaN without
+    foreground pixels (before any update, or when every row was skipped: then with a warning).
 
     Example:
         >>> import torch
@@ -317,6 +326,7 @@ class PixelAveragePrecision(Metric):
 
     fg_hist: Tensor
     bg_hist: Tensor
+    n_skipped: Tensor
 
     def __init__(
         self,
@@ -338,10 +348,11 @@ class PixelAveragePrecision(Metric):
         size = levels.numel() + 1
         self.add_state("fg_hist", torch.zeros(size, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("bg_hist", torch.zeros(size, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("n_skipped", _count_state(), dist_reduce_fx="sum")
 
     def update(self, attributions: Tensor, masks: Tensor) -> None:
         """Add the pixels of a batch: (B,…) maps in [0, 1] and (B,H,W) or (B,1,H,W) binary masks."""
-        fg_hist, bg_hist = _pixel_average_precision_update(
+        fg_hist, bg_hist, skipped = _pixel_average_precision_update(
             attributions,
             masks,
             self.thresholds,
@@ -350,6 +361,8 @@ class PixelAveragePrecision(Metric):
         )
         self.fg_hist += fg_hist
         self.bg_hist += bg_hist
+        self.n_skipped += skipped
 
     def compute(self) -> Tensor:
+        warn_all_skipped(type(self).__name__, self.n_skipped, self.fg_hist.sum() + self.bg_hist.sum())
         return _pixel_average_precision_compute(self.fg_hist, self.bg_hist, self.compat)

@@ -238,3 +238,19 @@ def test_clear_errors_for_missing_masks_and_unsupported_metrics(tmp_path):
     run = trainer(tmp_path, [ExplanationMetrics(["pointing_game"], batch_adapter=no_masks)], logger=False)
     with pytest.raises(ValueError, match="needs ground-truth masks"):
         run.validate(module(), data(), verbose=False)
+
+
+def test_every_metric_that_skips_maps_logs_its_skip_count(tmp_path):
+    skipping = {
+        "pointing_game": "pointing_game",
+        "energy_pointing_game": "energy_pointing_game",
+        "iou_auc": {"class_path": "iou_auc", "init_args": {"normalize": "minmax"}},
+        "pxap": {"class_path": "pxap", "init_args": {"normalize": "minmax"}},
+        "sparseness": "sparseness",
+        "complexity": "complexity",
+    }
+    callback = ExplanationMetrics(skipping, max_batches=1)
+    run = trainer(tmp_path, [callback], logger=False)
+    run.validate(module(), data(), verbose=False)
+    logged = {k for k in run.callback_metrics if k.startswith("xai/")}
+    assert {f"xai/{name}_n_skipped" for name in skipping} <= logged

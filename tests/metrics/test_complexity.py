@@ -49,8 +49,10 @@ def test_all_zero_maps():
     maps = torch.cat([zeros, torch.ones(1, 1, 3, 3)])
     sp = Sparseness()
     sp.update(maps)
-    assert sp.compute().item() == pytest.approx(0.0, abs=1e-7)  # all-zero maps score 0, as in Quantus
-    assert (sp.count.item(), sp.n_skipped.item()) == (3, 0)
+    # all-zero maps have no distribution: skipped (Quantus' epsilon scores them 0); the constant map scores 0
+    assert sp.compute().item() == pytest.approx(0.0, abs=1e-7)
+    assert (sp.count.item(), sp.n_skipped.item()) == (1, 2)
+    assert torch.isnan(sparseness(maps, reduction="none")[:2]).all()
     cx = Complexity(return_per_sample=True)
     cx.update(maps)
     out = cx.compute()
@@ -155,10 +157,12 @@ def test_ranges(maps):
     maps_t = torch.from_numpy(maps)
     n = maps[0].size
     gini = sparseness(maps_t, reduction="none")
-    assert (gini >= -1e-6).all() and (gini <= (n - 1) / n + 1e-6).all()
     entropy = complexity(maps_t, reduction="none")
     valid = ~torch.isnan(entropy)
     assert valid.tolist() == [bool(np.abs(m).max() > 0) for m in maps]
+    assert torch.equal(~torch.isnan(gini), valid)  # both skip the all-zero maps
+    gini = gini[valid]
+    assert (gini >= -1e-6).all() and (gini <= (n - 1) / n + 1e-6).all()
     assert (entropy[valid] >= -1e-6).all() and (entropy[valid] <= math.log(n) + 1e-6).all()
 
 
@@ -177,7 +181,7 @@ def test_permutation_and_scale_invariance(maps, seed, scale):
 
 def ddp_maps() -> torch.Tensor:
     maps = torch.randn(8, 1, 6, 6, generator=torch.Generator().manual_seed(3))
-    maps[2] = 0.0  # skipped by Complexity
+    maps[2] = 0.0  # skipped by Complexity and Sparseness
     return maps
 
 
@@ -205,7 +209,9 @@ def test_ddp_equals_single_process(ddp):
     for out in results:
         torch.testing.assert_close(out["sparseness"], sparseness(maps))
         torch.testing.assert_close(out["complexity"], complexity(maps))
-        torch.testing.assert_close(out["sparseness_ps"]["scores"], sparseness(maps, reduction="none"))
+        torch.testing.assert_close(
+            out["sparseness_ps"]["scores"], sparseness(maps, reduction="none"), equal_nan=True
+        )
         torch.testing.assert_close(
             out["complexity_ps"]["scores"], complexity(maps, reduction="none"), equal_nan=True
         )

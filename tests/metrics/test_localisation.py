@@ -187,12 +187,13 @@ def test_energy_pointing_game_hand_values():
     inside[1, 2, 2] = 3.0  # 3 inside, 1 outside, negatives ignored
     inside[1, 0, 0] = 1.0
     inside[1, 5, 5] = -10.0
-    inside[2] = -1.0  # no positive energy: scores 0
-    inside[3] = 1.0  # uniform: 9 of 36 pixels
-    expected = [1.0, 3 / 4, 0.0, 9 / 36]
+    inside[2] = -1.0  # no positive energy: points nowhere, skipped
+    inside[3] = 1.0  # uniform (its ratio would be the box's share, 9/36): skipped
+    expected = [1.0, 3 / 4]
     metric = EnergyPointingGame()
     metric.update(inside, masks)
-    assert metric.compute().item() == pytest.approx(sum(expected) / 4)
+    assert metric.compute().item() == pytest.approx(sum(expected) / 2)
+    assert (metric.count.item(), metric.n_skipped.item()) == (2, 2)
     assert energy_pointing_game(inside[:1], masks[:1]).item() == pytest.approx(1.0)
     assert energy_pointing_game(inside[1:2], masks[1:2]).item() == pytest.approx(0.75)
 
@@ -202,9 +203,10 @@ def test_energy_pointing_game_no_minmax_and_skips_empty():
     masks[1] = False
     maps = torch.ones(2, 4, 4)
     metric = EnergyPointingGame()
-    metric.update(maps + 1.0, masks)  # a shift does not change a uniform map's ratio: 4/16
-    assert metric.compute().item() == pytest.approx(0.25)
-    assert (metric.count.item(), metric.n_skipped.item()) == (1, 1)
+    metric.update(maps + 1.0, masks)  # a uniform map points nowhere: skipped, as is the empty mask
+    with pytest.warns(UserWarning, match="all 2 rows were skipped"):
+        assert math.isnan(metric.compute().item())
+    assert (metric.count.item(), metric.n_skipped.item()) == (0, 2)
     shifted = torch.zeros(1, 4, 4)
     shifted[0, :2, :2] = 1.0
     # Without min-max normalisation a shift changes the ratio: 4*2 / (4*2 + 12*1)
@@ -226,6 +228,7 @@ def test_iou_auc_hand_values():
     maps = masks.float().clone()
     maps[1, 2, :] = 0.9  # 4 false positives: IoU 8/12
     maps[2] = 0.6  # nothing above τ_b = 0.6 (strict): IoU 0
+    maps[2, 3, 3] = 0.2  # (not constant: a constant map would be skipped)
     ious = [1.0, 2 / 3, 0.0]
     # C(0) = 1; C(t) = 2/3 for t = 0.05..0.65 (13 points); C(t) = 1/3 for t = 0.70..1.00 (7 points)
     curve = [1.0] + [2 / 3] * 13 + [1 / 3] * 7
@@ -385,18 +388,21 @@ maps_strategy = hnp.arrays(
 def test_localisation_ranges(maps, seed):
     maps_t = torch.from_numpy(maps)
     masks = torch.rand(maps.shape[0], 6, 6, generator=torch.Generator().manual_seed(seed)) > 0.5
-    masks[0, 0, 0] = True  # at least one row is scored (by the pointing games: unless every map is constant)
+    masks[0, 0, 0] = True
     flat = maps_t.flatten(1)
-    all_constant = bool((flat.amax(1) == flat.amin(1)).all())
-    for value in (pointing_game(maps_t, masks), pointing_game(maps_t, masks, tolerance=0)):
-        assert (all_constant and math.isnan(value.item())) or 0.0 <= value.item() <= 1.0
+    # a row is scored when its map is not constant and its mask not empty (maps >= 0: S⁺ = S)
+    scored = bool(((flat.amax(1) > flat.amin(1)) & masks.flatten(1).any(1)).any())
     for value in (
+        pointing_game(maps_t, masks),
+        pointing_game(maps_t, masks, tolerance=0),
         energy_pointing_game(maps_t, masks),
         iou_auc(maps_t, masks),
         pixel_average_precision(maps_t, masks),
         pixel_average_precision(maps_t, masks, compat="comet"),
     ):
-        assert 0.0 <= value.item() <= 1.0 + 1e-6
+        assert (not scored and math.isnan(value.item())) or 0.0 <= value.item() <= 1.0 + 1e-6
+    if not scored:
+        return
     out = iou_auc(maps_t, masks, return_mean_iou=True)
     assert abs(out["iou_auc"].item() - out["mean_iou"].item()) <= 0.025 + 1e-6
 

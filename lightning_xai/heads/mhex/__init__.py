@@ -9,6 +9,12 @@ This is our reconstruction of *Multi-Head Explainer* (Sun and Liò, arXiv 2501.0
 were not available, see the method notes for what is ours.
 """
 
+from .checkpoint import (
+    MHEX_CHECKPOINT_KEY,
+    attach_mhex_from_checkpoint,
+    load_mhex_checkpoint,
+    mhex_checkpoint_entry,
+)
 from .gates import AttentionGate, GateCalibration, MHEXBranch, MHEXHead
 from .heads import GateMode, LayerWeights, MHEXHeads
 from .inject import MHEX_ATTR, MHEXHandle, find_mhex, inject_mhex
@@ -19,6 +25,7 @@ from .training import check_lambdas, head_accuracy, lambda_list
 
 __all__ = [
     "MHEX_ATTR",
+    "MHEX_CHECKPOINT_KEY",
     "AttentionGate",
     "GateCalibration",
     "GateMode",
@@ -29,10 +36,13 @@ __all__ = [
     "MHEXHeads",
     "MHEXOptions",
     "StageKind",
+    "attach_mhex_from_checkpoint",
     "check_lambdas",
     "find_mhex",
     "head_accuracy",
     "infer_num_classes",
     "inject_mhex",
     "lambda_list",
+    "load_mhex_checkpoint",
+    "mhex_checkpoint_entry",
 ]

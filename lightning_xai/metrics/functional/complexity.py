@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..._checks import check_in_choices
-from .._common import ChannelReduction, acc_dtype, to_maps
+from .._common import ChannelReduction, acc_dtype, to_maps, warn_all_skipped
 
 Reduction = Literal["mean", "sum", "none"]
 
@@ -32,13 +32,14 @@ def _sparseness_update(
     attributions: Tensor, channel_reduction: ChannelReduction = "none"
 ) -> tuple[Tensor, Tensor]:
     """Gini index per sample (B,): ``Σ_i (2i − n − 1) a_(i) / (n Σ_i a_(i))`` on ``a + 1e-7`` sorted ascending,
-    and validity (B,): every map is valid, an all-zero one scores 0 as in Quantus."""
-    values = _normalised_magnitudes(attributions, channel_reduction) + 1e-7
-    values = values.sort(1).values
+    and validity (B,): an all-zero map has no distribution to be sparse or not (0/0; Quantus' epsilon turns it
+    into 0, "not sparse at all") and is invalid."""
+    magnitudes = _normalised_magnitudes(attributions, channel_reduction)
+    values = (magnitudes + 1e-7).sort(1).values
     n = values.shape[1]
     weights = 2 * torch.arange(1, n + 1, device=values.device, dtype=values.dtype) - n - 1
     scores = (values * weights).sum(1) / (n * values.sum(1))
-    return scores, torch.ones_like(scores, dtype=torch.bool)
+    return scores, magnitudes.amax(1) > 0
 
 
 def _complexity_update(
@@ -53,12 +54,16 @@ def _complexity_update(
     return -(p * torch.log(p + 1e-12)).sum(1), valid
 
 
-def _reduce(scores: Tensor, reduction: Reduction) -> Tensor:
+def _reduce(name: str, scores: Tensor, valid: Tensor, reduction: Reduction) -> Tensor:
+    """Per-sample scores with NaN for the skipped (all-zero) maps, or the mean / sum of the others (NaN, with
+    a warning, when every map was skipped)."""
+    check_in_choices("reduction", reduction, ("mean", "sum", "none"))
     if reduction == "none":
-        return scores.float()
+        return torch.where(valid, scores, torch.nan).float()
+    warn_all_skipped(name, (~valid).sum(), valid.sum(), reason="an all-zero map")
     if reduction == "sum":
-        return scores.sum().float()
-    return scores.mean().float()
+        return scores[valid].sum().float() if bool(valid.any()) else scores.new_tensor(float("nan")).float()
+    return scores[valid].mean().float()
 
 
 def sparseness(
@@ -68,7 +73,8 @@ def sparseness(
 
     Per sample, ``a = |attr| / max |attr| + 1e-7`` sorted ascending over all n elements, and
     ``G = Σ_i (2i − n − 1) a_(i) / (n Σ_i a_(i))`` ∈ [0, (n−1)/n]: 0 for a constant map, ≈ (n−1)/n for a
-    one-hot map. An all-zero map scores 0.
+    one-hot map. An all-zero map has no distribution (0/0; Quantus scores it 0): it is left out of
+    ``"mean"``/``"sum"`` and NaN with ``reduction="none"``.
 
     Args:
         attributions: (B,H,W), (B,1,H,W) or (B,C,H,W).
@@ -85,8 +91,8 @@ def sparseness(
         tensor([0.7500, 0.0000])
     """
     check_in_choices("reduction", reduction, ("mean", "sum", "none"))
-    scores, _ = _sparseness_update(attributions, channel_reduction)
-    return _reduce(scores, reduction)
+    scores, valid = _sparseness_update(attributions, channel_reduction)
+    return _reduce("sparseness", scores, valid, reduction)
 
 
 def complexity(
@@ -98,7 +104,7 @@ def complexity(
     Per sample, ``p = a / Σ a`` with ``a = |attr| / max |attr|`` over all n elements, and
     ``H = −Σ_i p_i log(p_i + 1e-12)`` ∈ [0, log n]: log n for a constant map, 0 for a one-hot map. Lower is
     simpler. An all-zero map has no distribution (NaN in Quantus): it is left out of ``"mean"``/``"sum"``
-    and NaN with ``reduction="none"``.
+    (NaN, with a warning, when every map is all zero) and NaN with ``reduction="none"``.
 
     Args:
         attributions: (B,H,W), (B,1,H,W) or (B,C,H,W).
@@ -114,6 +120,4 @@ def complexity(
     """
     check_in_choices("reduction", reduction, ("mean", "sum", "none"))
     scores, valid = _complexity_update(attributions, channel_reduction)
-    if reduction == "none":
-        return torch.where(valid, scores, torch.nan).float()
-    return _reduce(scores[valid], reduction)
+    return _reduce("complexity", scores, valid, reduction)

@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..._checks import check_in_choices, check_positive, describe
-from .._common import ChannelReduction, acc_dtype, check_masks, mean_compute, resize_maps, to_maps
+from .._common import (
+    ChannelReduction,
+    acc_dtype,
+    check_masks,
+    mean_compute,
+    resize_maps,
+    to_maps,
+    warn_all_skipped,
+)
 
 __all__ = ["energy_pointing_game", "iou_auc", "pointing_game"]
 
@@ -73,6 +81,14 @@ def _unit_maps(maps: Tensor, normalize: UnitNormalize, name: str = "attributions
     return flat.view_as(maps)
 
 
+def _informative(maps: Tensor) -> Tensor:
+    """(B,) rows whose map is not constant. A constant map (every pixel equal, as the all-zero Grad-CAM of an
+    untrained model) says nothing about where the object is: every localisation metric skips it and counts it
+    in ``n_skipped`` instead of scoring it."""
+    flat = maps.flatten(1)
+    return flat.amin(1) < flat.amax(1)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Pointing game
 # --------------------------------------------------------------------------------------------------------------
@@ -101,15 +117,13 @@ def _dilate(masks: Tensor, tolerance: float) -> Tensor:
 def _pointing_game_hits(maps: Tensor, masks: Tensor, tolerance: float) -> tuple[Tensor, Tensor]:
     """Per-row hit (B,) and validity (B,); ``maps`` must already be at the mask size.
 
-    A row is valid when its mask is not empty and its map is not constant: a constant map (an untrained
-    model's all-zero Grad-CAM) has every pixel tied for the maximum, points nowhere, and must not count as a
-    hit."""
+    A row is valid when its mask is not empty and its map is informative (see :func:`_informative`): a
+    constant map has every pixel tied for the maximum, points nowhere, and must not count as a hit."""
     flat = maps.flatten(1)
-    top = flat.amax(1, keepdim=True)
-    maximisers = (flat == top).view_as(maps)
+    maximisers = (flat == flat.amax(1, keepdim=True)).view_as(maps)
     accepted = _dilate(masks, tolerance)
     hit = (maximisers & accepted).flatten(1).any(1)
-    valid = masks.flatten(1).any(1) & (flat.amin(1, keepdim=True) < top)[:, 0]
+    valid = masks.flatten(1).any(1) & _informative(maps)
     return hit, valid
 
 
@@ -211,7 +225,7 @@ def pointing_game(
 
     A row (one image-class pair) is a hit when a maximiser of its map, resized to the mask size, lies in the
     mask or within Euclidean distance < ``tolerance`` pixels of a foreground pixel. Every maximiser counts
-    when there are ties. Rows with an empty mask are skipped.
+    when there are ties. Rows with an empty mask or a constant map (it points nowhere) are skipped.
 
     Args:
         attributions: (B,H,W), (B,1,H,W) or (B,C,H,W) maps; C > 1 is reduced by ``channel_reduction``.
@@ -224,7 +238,7 @@ def pointing_game(
         channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"``.
 
     Returns:
-        A scalar in [0, 1]; NaN when every row was skipped.
+        A scalar in [0, 1]; NaN, with a warning, when every row was skipped.
 
     Example:
         >>> import torch
@@ -238,7 +252,7 @@ def pointing_game(
         tensor(0.5000)
     """
     _check_pointing_game_args(tolerance, num_classes, average)
-    hits, misses, _ = _pointing_game_update(
+    hits, misses, skipped = _pointing_game_update(
         attributions,
         masks,
         class_ids,
@@ -246,6 +260,7 @@ def pointing_game(
         num_classes=num_classes,
         channel_reduction=channel_reduction,
     )
+    warn_all_skipped("pointing_game", skipped, hits.sum() + misses.sum())
     return _pointing_game_compute(hits, misses, average)
 
 
@@ -255,20 +270,24 @@ def pointing_game(
 
 
 def _energy_pointing_game_scores(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-row energy inside the mask (B,) and validity (B,) (non-empty mask), maps at the mask size."""
+    """Per-row energy inside the mask (B,) and validity (B,), maps at the mask size.
+
+    A row is valid when its mask is not empty and its positive part ``S⁺`` is not constant: a map without
+    positive energy (0/0) or with the same energy everywhere (whose score would only be the mask's share of
+    the image) points nowhere and is skipped."""
     positive = maps.to(acc_dtype(maps.device)).clamp_min(0).flatten(1)
     fg = masks.flatten(1)
     inside = (positive * fg).sum(1)
     total = positive.sum(1)
-    # A map without positive energy points nowhere: it scores 0, it is not skipped.
     scores = torch.where(total > 0, inside / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
-    return scores, fg.any(1)
+    return scores, fg.any(1) & _informative(positive)
 
 
 def _energy_pointing_game_update(
     attributions: Tensor, masks: Tensor, *, channel_reduction: ChannelReduction = "sum"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Sum of the per-row scores, number of rows scored and number skipped for an empty mask."""
+    """Sum of the per-row scores, number of rows scored and number skipped (an empty mask, or no positive
+    energy or the same energy everywhere)."""
     maps, masks = _maps_and_masks(attributions, masks, channel_reduction)
     maps = resize_maps(maps, tuple(masks.shape[-2:]))
     scores, valid = _energy_pointing_game_scores(maps, masks)
@@ -281,8 +300,8 @@ def energy_pointing_game(
     """Energy-based pointing game (Score-CAM, arXiv 1910.01279).
 
     Per row, ``Σ_{u ∈ fg} S⁺(u) / Σ_u S⁺(u)`` with ``S⁺ = max(S, 0)`` at the mask's resolution, with no
-    min-max normalisation (a shift would change the ratio). A map without positive values scores 0; a row
-    with an empty mask is skipped.
+    min-max normalisation (a shift would change the ratio). A row with an empty mask is skipped, and so is a
+    map whose positive part is constant (no positive value, or a constant map): it points nowhere.
 
     Args:
         attributions: (B,H,W), (B,1,H,W) or (B,C,H,W) maps; C > 1 is reduced by ``channel_reduction``.
@@ -290,7 +309,7 @@ def energy_pointing_game(
         channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"``.
 
     Returns:
-        The mean over rows, in [0, 1]; NaN when every row was skipped.
+        The mean over rows, in [0, 1]; NaN, with a warning, when every row was skipped.
 
     Example:
         >>> import torch
@@ -300,7 +319,10 @@ def energy_pointing_game(
         >>> energy_pointing_game(maps, masks)
         tensor(0.7500)
     """
-    total, count, _ = _energy_pointing_game_update(attributions, masks, channel_reduction=channel_reduction)
+    total, count, skipped = _energy_pointing_game_update(
+        attributions, masks, channel_reduction=channel_reduction
+    )
+    warn_all_skipped("energy_pointing_game", skipped, count)
     return mean_compute(total, count)
 
 
@@ -330,13 +352,14 @@ def _check_iou_auc_args(threshold: float, iou_step: float, normalize: str) -> in
 
 
 def _ious(maps: Tensor, masks: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
-    """Per-row IoU (B,) of ``maps > threshold`` with the masks, and validity (non-empty mask)."""
+    """Per-row IoU (B,) of ``maps > threshold`` with the masks, and validity (a non-empty mask and an
+    informative map: a constant one is all on or all off, whatever the object)."""
     binary = (maps > threshold).flatten(1)
     truth = masks.flatten(1)
     dtype = acc_dtype(maps.device)
     inter = (binary & truth).sum(1).to(dtype)
     union = (binary | truth).sum(1).to(dtype)
-    valid = truth.any(1)
+    valid = truth.any(1) & _informative(maps)
     return inter / union.clamp_min(1), valid
 
 
@@ -350,7 +373,7 @@ def _iou_auc_update(
     channel_reduction: ChannelReduction = "sum",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Counts of rows with IoU ≥ t for each of the ``num_points`` thresholds, the IoU sum, the number of
-    rows scored and the number skipped for an empty mask."""
+    rows scored and the number skipped (an empty mask or a constant map)."""
     maps, masks = _maps_and_masks(attributions, masks, channel_reduction)
     maps = resize_maps(_unit_maps(maps, normalize), tuple(masks.shape[-2:]))
     ious, valid = _ious(maps, masks, threshold)
@@ -384,7 +407,9 @@ def iou_auc(
 
     Each map is binarised at ``threshold`` (``S > τ_b``), its IoU with the mask is taken, and the curve
     ``C(t) = fraction of rows with IoU ≥ t`` for ``t ∈ {0, Δ, …, 1}`` is integrated with the trapezoid rule.
-    The result lies within Δ/2 of the mean IoU. Rows with an empty mask are skipped.
+    The result lies within Δ/2 of the mean IoU. Rows with an empty mask or a constant map (after
+    ``normalize``: it is all on or all off, wherever the object is) are skipped; NaN, with a warning, when
+    every row was.
 
     Args:
         attributions: (B,H,W), (B,1,H,W) or (B,C,H,W) maps in [0, 1] (after ``normalize``).
@@ -404,7 +429,7 @@ def iou_auc(
         tensor(1.)
     """
     num_points = _check_iou_auc_args(threshold, iou_step, normalize)
-    ge_counts, iou_sum, count, _ = _iou_auc_update(
+    ge_counts, iou_sum, count, skipped = _iou_auc_update(
         attributions,
         masks,
         threshold=threshold,
@@ -412,5 +437,6 @@ def iou_auc(
         normalize=normalize,
         channel_reduction=channel_reduction,
     )
+    warn_all_skipped("iou_auc", skipped, count)
     auc, mean_iou = _iou_auc_compute(ge_counts, iou_sum, count)
     return {"iou_auc": auc, "mean_iou": mean_iou} if return_mean_iou else auc

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from ..._checks import check_in_choices, check_tensor, describe
-from .._common import ChannelReduction, resize_maps
-from .localisation import UnitNormalize, _count_values, _maps_and_masks, _unit_maps
+from .._common import ChannelReduction, resize_maps, warn_all_skipped
+from .localisation import UnitNormalize, _count_values, _informative, _maps_and_masks, _unit_maps
 
 __all__ = ["pixel_average_precision"]
 
@@ -62,33 +62,40 @@ def _pixel_average_precision_update(
     *,
     normalize: UnitNormalize = "none",
     channel_reduction: ChannelReduction = "sum",
-) -> tuple[Tensor, Tensor]:
-    """Foreground and background pixel counts (T+1,) int64 over (−∞,t_1), [t_1,t_2), …, [t_T,∞)."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Foreground and background pixel counts (T+1,) int64 over (−∞,t_1), [t_1,t_2), …, [t_T,∞), and the
+    number of rows skipped: a constant map (after ``normalize``) ranks no pixel above another, so its pixels
+    are left out of both histograms. An empty mask is not skipped: its pixels are all background."""
     maps, masks = _maps_and_masks(attributions, masks, channel_reduction)
     maps = resize_maps(_unit_maps(maps, normalize), tuple(masks.shape[-2:]))
+    keep = _informative(maps)
+    maps, masks = maps[keep], masks[keep]
     # Thresholds in the map's own dtype, so that a stored 0.05 counts as ≥ 0.05.
     levels = thresholds.to(device=maps.device, dtype=maps.dtype)
     bins = torch.bucketize(maps.contiguous(), levels, right=True)
     size = levels.numel() + 1
     counts = _count_values((bins + size * masks.long()).flatten(), 2 * size)
-    return counts[size:], counts[:size]
+    return counts[size:], counts[:size], (~keep).sum()
 
 
 def _pixel_average_precision_compute(fg_hist: Tensor, bg_hist: Tensor, compat: str | None = None) -> Tensor:
-    """``Σ_j P(t_j)(R(t_j) − R(t_{j+1}))`` from the histograms; NaN without any foreground pixel.
+    """``Σ_j P(t_j)(R(t_j) − R(t_{j+1}))`` from the histograms; NaN without any foreground pixel (also before
+    any update, and when every row was skipped).
 
     ``compat="comet"`` leaves pixels below t_1 out of N_fg and replaces R(t_{T+1}) = 0 by the recall
     1/10001 of the reference's pseudo-point (TP=1, FP=0, FN=10000). When every foreground pixel lies below
     t_1 there, nothing was found at any threshold and the result is 0 (not 0/0).
     """
     dtype = torch.float32 if fg_hist.device.type == "mps" else torch.float64
+    if int(fg_hist.sum()) == 0:
+        return torch.tensor(float("nan"), device=fg_hist.device)
     # Cumulative sums from the top in int64 are exact; drop the (−∞, t_1) bin to get TP(t_j), FP(t_j).
     tp = fg_hist.flip(0).cumsum(0).flip(0)[1:]
     fp = bg_hist.flip(0).cumsum(0).flip(0)[1:]
     n_fg = tp[0] if compat == "comet" else fg_hist.sum()
     tp, fp = tp.to(dtype), fp.to(dtype)
-    # NaN only when the data has no foreground at all; a foreground that no threshold reaches scores 0.
-    recall = tp / (n_fg.clamp_min(1) if int(fg_hist.sum()) > 0 else n_fg).to(dtype)
+    # A foreground that no threshold reaches scores 0.
+    recall = tp / n_fg.clamp_min(1).to(dtype)
     predicted = tp + fp
     precision = tp / predicted.clamp_min(1)
     end = torch.full(
@@ -124,6 +131,9 @@ def pixel_average_precision(
         normalize: ``"none"`` (maps outside [0, 1] are an error), ``"minmax"`` or ``"max"``, per sample.
         channel_reduction: ``"sum"``, ``"sum_abs"`` or ``"max_abs"``.
 
+    Constant maps are skipped (their pixels left out); NaN without foreground pixels, with a warning when
+    that is because every map was skipped.
+
     Example:
         >>> import torch
         >>> from lightning_xai.metrics.functional import pixel_average_precision
@@ -134,7 +144,8 @@ def pixel_average_precision(
     """
     _check_pxap_args(compat, normalize)
     levels = _format_thresholds(thresholds)
-    fg_hist, bg_hist = _pixel_average_precision_update(
+    fg_hist, bg_hist, skipped = _pixel_average_precision_update(
         attributions, masks, levels, normalize=normalize, channel_reduction=channel_reduction
     )
+    warn_all_skipped("pixel_average_precision", skipped, fg_hist.sum() + bg_hist.sum())
     return _pixel_average_precision_compute(fg_hist, bg_hist, compat)
