@@ -31,6 +31,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from lightning_xai.attr import IGOSOptions
 from lightning_xai.attr.registry import explain_batch
 from lightning_xai.data import PHOTOS, load_photos
 from lightning_xai.metrics.functional import deletion_auc, insertion_auc, pointing_game
@@ -61,6 +62,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--igospp-iterations", type=int, default=None, help="iGOS++ n_iterations (default: own)"
     )
+    parser.add_argument(
+        "--igos-reference",
+        action="store_true",
+        help="I-GOS / iGOS++ with the references' integration and line search (IGOSOptions.reference, "
+        "plain line search) instead of the defaults",
+    )
     parser.add_argument("--ig-steps", type=int, default=50, help="Integrated Gradients n_steps")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -81,6 +88,8 @@ def method_arguments(method: str, args: argparse.Namespace) -> dict:
     settings: dict = {"seed": args.seed} if method in ("igos", "igos++") else {}
     if iterations is not None:
         settings["n_iterations"] = iterations
+    if args.igos_reference and method in ("igos", "igos++"):
+        settings.update({**IGOSOptions.reference_fields, "line_search": "plain"})
     if args.quick and method in ("igos", "igos++"):
         settings.update(n_steps=2, mask_size=8)
     return settings

@@ -21,6 +21,7 @@ from torch import nn
 
 from lightning_xai.attr import IGOS, IGOSPlusPlus
 from lightning_xai.attr.igos.objective import _DELETION, _INSERTION, _Objective
+from lightning_xai.attr.igos.optimise import path_points
 from lightning_xai.attr.igos.regularisers import _area, _bilateral_tv, _edge_weights, _total_variation
 from lightning_xai.data import ShapesDataset
 from lightning_xai.explain import make_baseline
@@ -175,10 +176,25 @@ def test_batch_invariance_with_nag_tol_and_extra_args(deterministic):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def reference_objective(model, x, b, target, masks, noise, variant, *, l1, tv, beta, sigma):
-    """The spec's §1 formulas written out with loops, for one image (x, b of shape (1, C, H, W))."""
+# The 3-point Gauss–Legendre rule on [0, 1], by hand: nodes 1/2 ∓ √(3/5)/2 and 1/2, weights 5/18, 8/18, 5/18.
+GAUSS_3 = (
+    [0.5 - 0.5 * (3 / 5) ** 0.5, 0.5, 0.5 + 0.5 * (3 / 5) ** 0.5],
+    [5 / 18, 8 / 18, 5 / 18],
+)
+
+
+def reference_objective(
+    model, x, b, target, masks, noise, variant, *, l1, tv, beta, sigma, quadrature="riemann"
+):
+    """The spec's §1 formulas written out with loops, for one image (x, b of shape (1, C, H, W)); the path
+    integral as the references' right Riemann sum, or with ``quadrature="gauss_legendre"`` (3 points only)."""
     size = x.shape[-2:]
     n_points = noise.shape[1]
+    if quadrature == "riemann":
+        nodes, weights = [k / n_points for k in range(1, n_points + 1)], [1 / n_points] * n_points
+    else:
+        assert n_points == 3
+        nodes, weights = GAUSS_3
 
     def up(m):
         return F.interpolate(m, size=size, mode="bilinear", align_corners=True)
@@ -187,21 +203,13 @@ def reference_objective(model, x, b, target, masks, noise, variant, *, l1, tv, b
         return model(img).softmax(1)[0, target]
 
     def deletion(u, eps):
-        return (
-            sum(
-                f(x * (k / n_points) * u + b * (1 - (k / n_points) * u) + eps[k - 1])
-                for k in range(1, n_points + 1)
-            )
-            / n_points
+        return sum(
+            w * f(x * t * u + b * (1 - t * u) + e) for t, w, e in zip(nodes, weights, eps, strict=True)
         )
 
     def insertion(u, eps):
-        return (
-            -sum(
-                f(b * (k / n_points) * u + x * (1 - (k / n_points) * u) + eps[k - 1])
-                for k in range(1, n_points + 1)
-            )
-            / n_points
+        return -sum(
+            w * f(b * t * u + x * (1 - t * u) + e) for t, w, e in zip(nodes, weights, eps, strict=True)
         )
 
     def tv_of(m):
@@ -262,8 +270,20 @@ def make_objective(model, x, b, target, variant, *, l1, tv, beta, sigma, chunk=N
     ), n_masks
 
 
+def test_gauss_legendre_points_are_the_rule_on_zero_one():
+    nodes, weights = path_points(3, "gauss_legendre", torch.zeros(1, dtype=torch.float64))
+    torch.testing.assert_close(nodes, torch.tensor(GAUSS_3[0], dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(weights, torch.tensor(GAUSS_3[1], dtype=torch.float64), rtol=0, atol=1e-15)
+    nodes, weights = path_points(4, "riemann", torch.zeros(1))
+    assert nodes.tolist() == [0.25, 0.5, 0.75, 1.0] and weights.tolist() == [0.25] * 4
+    # exact for polynomials of degree 2S - 1 = 9 with S = 5 (the default)
+    nodes, weights = path_points(5, "gauss_legendre", torch.zeros(1, dtype=torch.float64))
+    assert float((weights * nodes**9).sum()) == pytest.approx(1 / 10, rel=1e-13)
+
+
+@pytest.mark.parametrize("quadrature", ["riemann", "gauss_legendre"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_gradient_matches_finite_differences(variant):
+def test_gradient_matches_finite_differences(variant, quadrature):
     torch.manual_seed(0)
     model = tiny_model(torch.float64)
     x = images(2, dtype=torch.float64)
@@ -272,7 +292,7 @@ def test_gradient_matches_finite_differences(variant):
     coeffs = {"l1": 0.7, "tv": 3.0, "beta": 2.0, "sigma": 0.5}
     objective, n_masks = make_objective(model, x, b, target, variant, chunk=5, **coeffs)
     n_points = 3
-    points = torch.arange(1, n_points + 1, dtype=torch.float64) / n_points
+    points = path_points(n_points, quadrature, x)
     noise = 0.2 * torch.randn(objective.n_terms, n_points, 3, 16, 16, dtype=torch.float64)
     masks = [0.2 + 0.6 * torch.rand(2, 1, 4, 4, dtype=torch.float64) for _ in range(n_masks)]
     idx = torch.arange(2)
@@ -282,7 +302,15 @@ def test_gradient_matches_finite_differences(variant):
 
         def loss(ms, i=i):
             return reference_objective(
-                model, x[i : i + 1], b[i : i + 1], int(target[i]), ms, noise, variant, **coeffs
+                model,
+                x[i : i + 1],
+                b[i : i + 1],
+                int(target[i]),
+                ms,
+                noise,
+                variant,
+                quadrature=quadrature,
+                **coeffs,
             )
 
         own = [m[i : i + 1].clone() for m in masks]
@@ -306,9 +334,12 @@ def test_gradient_matches_finite_differences(variant):
 # ------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("warm_start", [False, True])
 @pytest.mark.parametrize("variant", ["igos", "igos++"])
 @pytest.mark.parametrize("line_search", ["plain", "integrated"])
-def test_accepted_steps_satisfy_armijo(variant, line_search):
+def test_accepted_steps_satisfy_armijo(variant, line_search, warm_start):
+    """Every accepted step passes the Armijo test and the trial before it (larger by 1/decay) failed; the search
+    starts at ``max_step``, or with ``warm_start`` at the image's previous step / decay (at most ``max_step``)."""
     cls, extra = VARIANTS[variant]
     model, x = tiny_model(torch.float64), images(3, dtype=torch.float64)
     coeffs = {"l1": 1.0, "tv": 20.0, "beta": 2.0, "sigma": 0.01}
@@ -323,11 +354,14 @@ def test_accepted_steps_satisfy_armijo(variant, line_search):
         n_steps=n_steps,
         noise_std=0.0,
         line_search=line_search,
+        warm_start=warm_start,
         seed=0,
         l1_schedule=False,
         **extra,
     )
     b = make_baseline(x, "blur")
+    quadrature = "riemann" if line_search == "plain" else "gauss_legendre"
+    previous = {image: max_step for image in range(3)}
     points = 1 if line_search == "plain" else n_steps
     n_terms = 1 if variant == "igos" else 4
     zero_noise = torch.zeros(n_terms, points, 3, 16, 16, dtype=torch.float64)
@@ -335,10 +369,12 @@ def test_accepted_steps_satisfy_armijo(variant, line_search):
     for record in method._trace:
         for row, image in enumerate(record["images"].tolist()):
             alpha = float(record["step"][row])
+            first = min(max_step, previous[image] / decay) if warm_start else max_step
+            previous[image] = alpha
             power = round(
-                torch.log(torch.tensor(alpha / max_step)).item() / torch.log(torch.tensor(decay)).item()
+                torch.log(torch.tensor(alpha / first)).item() / torch.log(torch.tensor(decay)).item()
             )
-            assert alpha == pytest.approx(max_step * decay**power, rel=1e-12)
+            assert power >= 0 and alpha == pytest.approx(first * decay**power, rel=1e-12)
             masks = list(record["masks"][row : row + 1].unbind(1))
             grads = list(record["grads"][row : row + 1].unbind(1))
             gnorm2 = sum(float(g.pow(2).sum()) for g in grads)
@@ -355,6 +391,7 @@ def test_accepted_steps_satisfy_armijo(variant, line_search):
                         moved,
                         zero_noise,
                         variant,
+                        quadrature=quadrature,
                         **coeffs,
                     )
                 )
@@ -371,7 +408,8 @@ def test_accepted_steps_satisfy_armijo(variant, line_search):
     assert tested > 0
 
 
-def test_step_floor_takes_the_first_value_below_min_step_without_a_forward():
+@pytest.mark.parametrize("warm_start", [False, True])
+def test_step_floor_takes_the_first_value_below_min_step_without_a_forward(warm_start):
     counter = CountingForward(tiny_model())
     method = IGOS(counter)
     method._trace = []
@@ -385,13 +423,15 @@ def test_step_floor_takes_the_first_value_below_min_step_without_a_forward():
         l1_schedule=False,
         seed=0,
         line_search="plain",
+        warm_start=warm_start,
     )
     floor = 1000.0 * 0.2**12  # the first of 1000·0.2^j below 1e-5
     for record in method._trace:
         assert not bool(record["accepted"].any())
         assert torch.allclose(record["step"], torch.full_like(record["step"], floor))
-    # clean pass + per iteration: gradient pass, plain L(M), 12 evaluated trials (j = 0..11), none for j = 12
-    assert counter.calls == 1 + 2 * (1 + 1 + 12)
+    # clean pass + per iteration: gradient pass, plain L(M), 12 evaluated trials (j = 0..11), none for j = 12;
+    # with warm_start the second iteration starts at the floor / 0.2 (j = 11): one trial
+    assert counter.calls == 1 + (1 + 1 + 12) + (1 + 1 + (1 if warm_start else 12))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -80,23 +80,24 @@ class _Objective:
         self,
         masks: Sequence[Tensor],
         images: Tensor,
-        points: Tensor,
+        points: tuple[Tensor, Tensor],
         noise: Tensor | None,
         need_grad: bool,
     ) -> tuple[Tensor, list[Tensor] | None]:
         """Data part of the objective of ``images`` (n,) with ``masks`` (n, 1, s, s) each, and its gradient.
 
-        ``points`` (P,) are the path fractions k/S (the plain objective uses ``[1.]``); ``noise`` is
+        ``points`` are the path fractions t_k (P,) and their quadrature weights w_k (P,) (the plain objective
+        uses ``([1.], [1.])``); ``noise`` is
         (terms, P, C, H, W) or None. Rows (image, term, point) go through the model in chunks; each chunk
         rebuilds its composed inputs from fresh leaves, so memory is bounded by one chunk's graph.
         """
-        n_points = points.numel()
+        nodes, point_weights = points
+        n_points = nodes.numel()
         per_image = self.n_terms * n_points
         batch = self.inputs.shape[0]
         device = self.inputs.device
         loss = self.inputs.new_zeros(images.numel())
         grads = [torch.zeros_like(mask) for mask in masks] if need_grad else None
-        row_weights = self.term_weights / n_points
         flat_noise = None if noise is None else noise.reshape(-1, *self.inputs.shape[1:])
         for begin, stop in chunk_bounds(images.numel() * per_image, self.chunk):
             first, last = begin // per_image, (stop - 1) // per_image + 1
@@ -107,7 +108,7 @@ class _Objective:
             sample = images[first:last].index_select(0, local)
             with torch.set_grad_enabled(need_grad):
                 leaves = [mask[first:last].detach().requires_grad_(need_grad) for mask in masks]
-                paths = self._term_masks(leaves)[local, term] * points[point].view(-1, 1, 1, 1)
+                paths = self._term_masks(leaves)[local, term] * nodes[point].view(-1, 1, 1, 1)
                 # an insertion row x + (b - x)·u is b + (x - b)·(1 - u): one formula for both kinds
                 paths = torch.where(self.insertion_terms[term].view(-1, 1, 1, 1), 1 - paths, paths)
                 composed = torch.addcmul(
@@ -119,7 +120,9 @@ class _Objective:
                 logits = check_logits(self.forward(composed, *extra), stop - begin)
                 scores = scores_from_logits(logits, self.score)
                 weighted = (
-                    scores.gather(1, self.target.index_select(0, sample)[:, None])[:, 0] * row_weights[term]
+                    scores.gather(1, self.target.index_select(0, sample)[:, None])[:, 0]
+                    * self.term_weights[term]
+                    * point_weights[point]
                 )
                 loss[first:last] += torch.zeros_like(loss[first:last]).index_add_(0, local, weighted.detach())
                 if grads is not None:

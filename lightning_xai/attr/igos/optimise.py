@@ -3,6 +3,7 @@ per-image step sizes, L1 schedule and convergence."""
 
 from __future__ import annotations
 
+import numpy
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -33,8 +34,13 @@ def optimise(
     max_step, optimizer, tol = options.max_step, options.optimizer, options.tol
     x = objective.inputs
     batch = x.shape[0]
-    points = torch.arange(1, n_steps + 1, dtype=x.dtype, device=x.device) / n_steps
-    endpoint = torch.ones(1, dtype=x.dtype, device=x.device)
+    points = path_points(n_steps, options.quadrature, x)
+    endpoint = (x.new_ones(1), x.new_ones(1))
+    # the plain data value of each image's current masks where the last accepted trial measured it (NaN:
+    # unknown), so the plain line search spends no forward on a loss it already knows
+    known = x.new_full((batch,), float("nan"))
+    # each image's last accepted step, where the next backtracking starts (warm_start)
+    last_step = x.new_full((batch,), max_step)
     converged = torch.zeros(batch, dtype=torch.bool, device=x.device)
     previous_theta = [mask.clone() for mask in masks] if optimizer == "nag" else None
     schedule = (
@@ -82,11 +88,23 @@ def optimise(
                 loss = data + regulariser
                 trial_points, trial_noise = points, noise
             else:
-                loss = objective.data(current, active, endpoint, None, need_grad=False)[0] + regulariser
+                plain = known[active]
+                missing = plain.isnan().nonzero()[:, 0]
+                if missing.numel():
+                    values = objective.data(
+                        [m[missing] for m in current], active[missing], endpoint, None, False
+                    )
+                    plain[missing] = values[0]
+                loss = plain + regulariser
                 trial_points, trial_noise = endpoint, None
-            updated, step = armijo(
-                objective, current, grads, loss, active, trial_points, trial_noise, options, record
+            start = (
+                (last_step[active] / options.step_decay).clamp(max=max_step) if options.warm_start else None
             )
+            updated, step, trial_data = armijo(
+                objective, current, grads, loss, active, trial_points, trial_noise, options, record, start
+            )
+            last_step[active] = step
+            known[active] = trial_data if options.line_search == "plain" else float("nan")
             record.update(loss=loss, step=step)
         if trace is not None:
             trace.append(
@@ -119,12 +137,16 @@ def armijo(
     noise: Tensor | None,
     options: IGOSOptions,
     record: dict[str, Tensor],
-) -> tuple[list[Tensor], Tensor]:
-    """Backtracking from ``max_step`` by ``step_decay`` until ``L(M') <= L(M) - c·α·‖g‖²``; once α falls below
-    ``min_step`` the step is taken untested. Only images still searching are evaluated at each trial."""
+    start: Tensor | None = None,
+) -> tuple[list[Tensor], Tensor, Tensor]:
+    """Backtracking from ``start`` (per image; default ``max_step``) by ``step_decay`` until
+    ``L(M') <= L(M) - c·α·‖g‖²``; once α falls below ``min_step`` the step is taken untested. Only images
+    still searching are evaluated at each trial. Returns the new masks, the steps and the data part of each
+    accepted trial (NaN where the step was taken untested)."""
     armijo_c, step_decay, min_step = options.armijo_c, options.step_decay, options.min_step
     count = images.numel()
-    step = loss.new_full((count,), options.max_step)
+    step = loss.new_full((count,), options.max_step) if start is None else start.clone()
+    trial_data = loss.new_full((count,), float("nan"))
     searching = torch.ones(count, dtype=torch.bool, device=loss.device)
     accepted = torch.zeros_like(searching)
     grad_norm2 = sum(g.pow(2).flatten(1).sum(1) for g in grads)
@@ -135,10 +157,11 @@ def armijo(
             break
         alpha = step[todo].view(-1, 1, 1, 1)
         trial = [(m[todo] - alpha * g[todo]).clamp(0, 1) for m, g in zip(current, grads, strict=True)]
-        value = objective.regulariser(trial, images[todo], need_grad=False)[0]
-        value = value + objective.data(trial, images[todo], points, noise, need_grad=False)[0]
+        data = objective.data(trial, images[todo], points, noise, need_grad=False)[0]
+        value = objective.regulariser(trial, images[todo], need_grad=False)[0] + data
         ok = value <= loss[todo] - armijo_c * step[todo] * grad_norm2[todo]
         done = todo[ok]
+        trial_data[done] = data[ok]
         for out, t in zip(updated, trial, strict=True):
             out[done] = t[ok]
         accepted[done] = True
@@ -152,4 +175,16 @@ def armijo(
         for out, m, g in zip(updated, current, grads, strict=True):
             out[floor] = (m[floor] - alpha * g[floor]).clamp(0, 1)
     record.update(accepted=accepted, grad_norm2=grad_norm2)
-    return updated, step
+    return updated, step, trial_data
+
+
+def path_points(n_steps: int, quadrature: str, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The fractions t_k of the integration path and their weights w_k (summing to 1), on ``like``'s device
+    and dtype: Gauss–Legendre nodes mapped to [0, 1], or the right Riemann sum k/S with weights 1/S."""
+    if quadrature == "riemann":
+        nodes = torch.arange(1, n_steps + 1, dtype=torch.float64) / n_steps
+        weights = torch.full((n_steps,), 1.0 / n_steps, dtype=torch.float64)
+    else:
+        roots, gauss = numpy.polynomial.legendre.leggauss(n_steps)
+        nodes, weights = torch.from_numpy((roots + 1) / 2), torch.from_numpy(gauss / 2)
+    return nodes.to(like), weights.to(like)
