@@ -65,6 +65,21 @@ def grad_cam(
         >>> grad_cam(model, torch.rand(2, 3, 64, 64), target=[0, 3], upsample=True).shape
         torch.Size([2, 1, 64, 64])
     """
+    module, layer_module = _checked(forward_func, inputs, layer, create_graph)
+    extra = tuple(additional_forward_args or ())
+    activation, grads, _ = _layer_gradients(
+        forward_func, inputs, target, layer_module, module, extra, create_graph=create_graph
+    )
+    return _cam(
+        activation, grads, inputs, module, relu, upsample, normalize, num_prefix_tokens, eps, create_graph
+    )
+
+
+def _checked(
+    forward_func: Callable[..., Any], inputs: Tensor, layer: str | int | nn.Module, create_graph: bool
+) -> tuple[nn.Module | None, nn.Module]:
+    """The checks of :func:`grad_cam` before any model call; returns the model (None for a plain callable)
+    and the resolved layer."""
     check_tensor("inputs", inputs)
     if inputs.is_floating_point() and inputs.ndim != 4:
         raise ValueError(
@@ -92,14 +107,31 @@ def grad_cam(
     require_grad_mode("grad_cam")
     if not create_graph:  # with create_graph the call is part of a training step
         warn_if_training(module, "grad_cam")
-    extra = tuple(additional_forward_args or ())
+    return module, layer_module
+
+
+def _layer_gradients(
+    forward_func: Callable[..., Any],
+    inputs: Tensor,
+    target: int | list[int] | Tensor | None,
+    layer_module: nn.Module,
+    module: nn.Module | None,
+    extra: tuple,
+    *,
+    create_graph: bool = False,
+    input_cross_entropy: bool = False,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The layer's output, the gradient of the target logit with respect to it, and with
+    ``input_cross_entropy`` the gradient of the summed cross-entropy of the target with respect to the inputs,
+    from the same forward (None otherwise)."""
     tap = ActivationTap()
     batch = inputs.shape[0]
-
     # With ``create_graph`` the map is part of a training step (its graph is backpropagated): batch statistics
     # of that forward are training statistics, and restoring them in place would break the graph.
     restore = preserved_state(module, layer_module, buffers=not create_graph)
     with restore, torch.enable_grad(), forward_hook(layer_module, tap):
+        if input_cross_entropy:
+            inputs = inputs.detach().requires_grad_(True)
         logits = check_logits(logits_of(forward_func(inputs, *extra)), batch)
         activation = tap.activation
         if activation is None:
@@ -108,8 +140,44 @@ def grad_cam(
         if target_t is None:
             target_t = logits.argmax(1)
         score = logits.gather(1, target_t[:, None]).sum()
-        (grads,) = torch.autograd.grad(score, activation, create_graph=create_graph)
+        (grads,) = torch.autograd.grad(
+            score, activation, create_graph=create_graph, retain_graph=input_cross_entropy or None
+        )
+        input_grad = None
+        if input_cross_entropy:
+            (input_grad,) = torch.autograd.grad(F.cross_entropy(logits, target_t, reduction="sum"), inputs)
+    return activation, grads, input_grad
 
+
+def grad_cam_and_input_gradient(
+    forward_func: Callable[..., Any], inputs: Tensor, target: Tensor, layer: str | int | nn.Module = "auto"
+) -> tuple[Tensor, Tensor]:
+    """:func:`grad_cam` with ``upsample=True, normalize=True`` and, from the same forward, the gradient of the
+    summed cross-entropy of ``target`` with respect to ``inputs``: the first step of
+    :func:`~lightning_xai.explain.background_pgd` at the clean inputs (its ``initial_gradient``), one forward
+    fewer for explanation-consistency scoring."""
+    check_tensor("inputs", inputs, ndim=4, floating=True)
+    module, layer_module = _checked(forward_func, inputs, layer, False)
+    activation, grads, input_grad = _layer_gradients(
+        forward_func, inputs, target, layer_module, module, (), input_cross_entropy=True
+    )
+    cam = _cam(activation, grads, inputs, module, True, True, True, None, 1e-8, False)
+    return cam, input_grad.detach()
+
+
+def _cam(
+    activation: Tensor,
+    grads: Tensor,
+    inputs: Tensor,
+    module: nn.Module | None,
+    relu: bool,
+    upsample: bool | tuple[int, int],
+    normalize: bool,
+    num_prefix_tokens: int | None,
+    eps: float,
+    create_graph: bool,
+) -> Tensor:
+    """The Grad-CAM map from a layer's output and its gradient."""
     spatial_tokens = activation.ndim == 3 and inputs.ndim == 4
     if spatial_tokens:
         activation = tokens_to_grid(activation, num_prefix_tokens, model=module)

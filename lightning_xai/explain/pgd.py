@@ -32,6 +32,7 @@ def background_pgd(
     generator: torch.Generator | None = None,
     additional_forward_args: tuple | None = None,
     eval_mode: bool = True,
+    initial_gradient: Tensor | None = None,
 ) -> Tensor:
     """L-infinity PGD that raises the cross-entropy of ``target`` while changing only background pixels.
 
@@ -50,6 +51,9 @@ def background_pgd(
 
     Args:
         background_mask: (B, 1, H, W) or (B, H, W), bool or {0, 1} (or in [0, 1]): where the attack may act.
+        initial_gradient: ``∂ CE(f(x), y) / ∂x`` at the clean inputs, where the caller already has it (e.g.
+            from :func:`~lightning_xai.explain.gradcam.grad_cam_and_input_gradient`): the first step uses it
+            instead of a forward and backward of its own, with the same result. Not with ``random_start``.
 
     Returns:
         The attacked inputs, in the inputs' space, detached.
@@ -79,6 +83,13 @@ def background_pgd(
     check_positive("step", step, allow_zero=True)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"`steps` must be a non-negative int, got {steps!r}")
+    if initial_gradient is not None:
+        check_tensor("initial_gradient", initial_gradient, floating=True)
+        if initial_gradient.shape != inputs.shape or random_start:
+            raise ValueError(
+                "`initial_gradient` must have the inputs' shape and cannot be combined with `random_start` (it is "
+                f"the gradient at the clean inputs), got {describe(initial_gradient)} with random_start={random_start}"
+            )
     normalization = resolve_normalization(normalization, mean=mean, std=std)
     lo, hi = pixel_range
     module = forward_module(forward_func)
@@ -108,12 +119,18 @@ def background_pgd(
         )
         delta = project((2 * noise - 1) * eps)
     with preserved_state(module, eval_mode=eval_mode), torch.enable_grad():
-        for _ in range(steps):
-            delta.requires_grad_(True)
-            logits = check_logits(logits_of(forward_func(inputs + delta / scale, *extra)), inputs.shape[0])
-            if int(labels.max()) >= logits.shape[1]:
-                raise ValueError(f"`target` must be below the number of classes ({logits.shape[1]})")
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, delta)
+        for index in range(steps):
+            if index == 0 and initial_gradient is not None:
+                # the gradient with respect to δ of the same loss at δ = 0 (inputs + δ / scale)
+                grad = initial_gradient / scale
+            else:
+                delta.requires_grad_(True)
+                logits = check_logits(
+                    logits_of(forward_func(inputs + delta / scale, *extra)), inputs.shape[0]
+                )
+                if int(labels.max()) >= logits.shape[1]:
+                    raise ValueError(f"`target` must be below the number of classes ({logits.shape[1]})")
+                loss = F.cross_entropy(logits, labels, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, delta)
             delta = project((delta.detach() + step * grad.sign()).clamp(-eps, eps))
     return (inputs + delta / scale).detach()

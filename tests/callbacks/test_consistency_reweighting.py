@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_xai.callbacks import ExplanationConsistencyReweighting, find_loss_tap
 from lightning_xai.data import ShapesDataModule, ShapesDataset
+from lightning_xai.explain import background_pgd, grad_cam
+from lightning_xai.explain.gradcam import grad_cam_and_input_gradient
 from lightning_xai.losses import consistency_weights
 from lightning_xai.metrics.functional import score_consistency
 from lightning_xai.models import small_resnet
@@ -142,6 +144,44 @@ def test_scores_lie_in_unit_interval_and_eps_zero_gives_one():
     assert torch.allclose(same.consistency, torch.ones(4, dtype=torch.float64), atol=1e-6)
 
 
+class _CountingModel(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.model(x)
+
+
+def test_the_first_attack_step_reuses_the_clean_grad_cam_forward():
+    """score_consistency = grad_cam + background_pgd + grad_cam, with the first PGD gradient taken from the clean
+    Grad-CAM's forward: the same attacked images and scores, one forward fewer (1 + (K - 1) + 1)."""
+    torch.manual_seed(0)
+    net = small_resnet(num_classes=4, width=4).eval()
+    counting = _CountingModel(net).eval()
+    x, y = _pixels_and_labels()
+    heat = grad_cam(net, x, y, "layer4", upsample=True, normalize=True)
+    background = heat < 0.5
+    attacked = background_pgd(net, x, y, background, eps=8 / 255, step=2 / 255, steps=5)
+    expected = F.cosine_similarity(
+        heat.flatten(1),
+        grad_cam(net, attacked, y, "layer4", upsample=True, normalize=True).flatten(1),
+        eps=1e-8,
+    )
+    scores = score_consistency(counting, x, y, layer=net.layer4)
+    assert counting.calls == 1 + 4 + 1
+    assert torch.equal(scores.background, background)
+    torch.testing.assert_close(scores.consistency, expected.double(), rtol=0, atol=1e-6)
+    cam, gradient = grad_cam_and_input_gradient(net, x, y, "layer4")
+    assert torch.equal(cam, heat)
+    leaf = x.clone().requires_grad_(True)
+    (reference,) = torch.autograd.grad(F.cross_entropy(net(leaf), y, reduction="sum"), leaf)
+    assert torch.equal(gradient, reference)
+    with pytest.raises(ValueError, match="random_start"):
+        background_pgd(net, x, y, background, initial_gradient=gradient, random_start=True)
+
+
 def test_zero_maps_score_zero_and_count_as_degenerate():
     model = small_resnet(num_classes=4, width=4)
     for module in model.modules():  # a dead network: every feature map, hence every Grad-CAM, is zero
@@ -240,6 +280,16 @@ def test_batch_mode_scores_each_nth_batch_and_weights_the_loss():
         assert torch.allclose(r["loss"], expected, atol=1e-6)
     w = module.records[4]["weights"]
     assert bool(((w >= 0.1) & (w <= 5.0)).all()) and callback.weights is None  # no table in batch mode
+
+
+def test_the_attack_defaults_depend_on_the_refresh_mode():
+    epoch = ExplanationConsistencyReweighting()
+    assert (epoch.scoring.eps, epoch.scoring.step, epoch.scoring.steps) == (8 / 255, 2 / 255, 5)
+    batch = ExplanationConsistencyReweighting(refresh="batch", eps=4 / 255)
+    assert (batch.scoring.eps, batch.scoring.step, batch.scoring.steps) == (4 / 255, 4 / 255, 1)
+    given = ExplanationConsistencyReweighting(refresh="batch", step=1 / 255, steps=3)
+    assert (given.scoring.step, given.scoring.steps) == (1 / 255, 3)
+    assert batch.config()["steps"] == 1 and epoch.config()["steps"] == 5
 
 
 def test_unmodified_image_classifier_gets_a_table_and_logs_the_refresh():

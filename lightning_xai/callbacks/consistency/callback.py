@@ -91,7 +91,7 @@ class ExplanationConsistencyReweighting(Callback):
         fg_threshold, fg_dilation: foreground ``H ≥ fg_threshold`` of the max-normalised map, dilated by this many
             pixels; the attack acts on the rest.
         eps, step, steps, random_start: the background PGD, in pixel units (``random_start`` draws from a generator
-            seeded by ``seed`` and the epoch or batch).
+            seeded by ``seed`` and the epoch or batch); None: 5 × 2/255 (epoch), 1 × ``eps`` (batch mode).
         normalization, pixel_range: how model inputs map to pixels (a
             :class:`~lightning_xai.explain.Normalization` or a ``(mean, std)`` pair: ``x·std + mean``); with
             ``None`` the inputs must be pixels within ``pixel_range``, else a ``ValueError`` asks for it.
@@ -138,8 +138,8 @@ class ExplanationConsistencyReweighting(Callback):
         fg_threshold: float = 0.5,
         fg_dilation: int = 0,
         eps: float = 8 / 255,
-        step: float = 2 / 255,
-        steps: int = 5,
+        step: float | None = None,
+        steps: int | None = None,
         random_start: bool = False,
         mean: list[float] | None = None,
         std: list[float] | None = None,
@@ -164,8 +164,8 @@ class ExplanationConsistencyReweighting(Callback):
             fg_threshold=fg_threshold,
             fg_dilation=fg_dilation,
             eps=eps,
-            step=step,
-            steps=steps,
+            step=(2 / 255 if refresh == "epoch" else eps) if step is None else step,
+            steps=(5 if refresh == "epoch" else 1) if steps is None else steps,
             random_start=random_start,
             normalization=resolve_normalization(normalization, mean=mean, std=std),
             pixel_range=pixel_range,

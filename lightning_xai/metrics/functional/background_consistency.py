@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..._checks import check_flag, check_in_choices, check_int, check_number, check_tensor, describe
 from ..._options import Options
 from ...explain import Normalization, background_pgd, grad_cam, preserved_state, require_grad_mode
+from ...explain.gradcam import grad_cam_and_input_gradient
 from ...explain.normalization import resolve_normalization
 from ...models import logits_of
 from .consistency import Similarity, _explanation_consistency_update
@@ -138,7 +139,11 @@ def score_consistency(
     module = model if isinstance(model, nn.Module) else None
     layer = options.layer
     with preserved_state(module, eval_mode=True), torch.enable_grad():
-        heat = grad_cam(model, inputs, target, layer, upsample=True, normalize=True)
+        # one forward gives the clean map and the attack's first gradient (unless the attack starts at random)
+        if options.random_start or options.steps == 0:
+            heat, first_gradient = grad_cam(model, inputs, target, layer, upsample=True, normalize=True), None
+        else:
+            heat, first_gradient = grad_cam_and_input_gradient(model, inputs, target, layer)
         foreground = heat >= options.fg_threshold
         if options.fg_dilation > 0:
             dilation = options.fg_dilation
@@ -159,6 +164,7 @@ def score_consistency(
             random_start=options.random_start,
             generator=generator,
             eval_mode=True,
+            initial_gradient=first_gradient,
         )
         heat_attacked = grad_cam(model, attacked, target, layer, upsample=True, normalize=True)
         agree = None
