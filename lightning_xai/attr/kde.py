@@ -123,43 +123,69 @@ class _Problem:
         windowed = matrices.transpose(1, 2).reshape(-1, length) @ costs.transpose(1, 2)
         best = windowed.view(count, num_widths, length, num_widths).argmin(-1)  # (S, M_i, L)
         self.ratios = self.widths[best] / self.widths[:, None]  # optw_i(t) / W_i
+        self.ratio_max = self.ratios.amax(1)  # (S, L)
+        self.ratio_min = self.ratios.amin(1)
         self.distance2 = (t[:, None] - t[None, :]).square()  # (L, L)
         self.widths_min = float(self.widths.min())
         self.widths_max = float(self.widths.max())
+        # A point s whose local width is γ·W_j (not clamped) has the Nadaraya–Watson kernel exp(−(t−s)²/2W_j²),
+        # whatever γ: these M kernels, and the same divided by W_j, laid out (M·L_s, 2·L_t), turn both sums of
+        # the smoothing into one matrix product per evaluation.
+        kernels = torch.exp(-0.5 * self.distance2 / self.widths.view(-1, 1, 1).square())  # (M, L_s, L_t)
+        self.tables = torch.cat([kernels, kernels / self.widths.view(-1, 1, 1)], dim=2).reshape(
+            num_widths * length, 2 * length
+        )
+        self.weighted_hist = y_hist * dt
         self.buffer = y_hist.new_empty((count, length, length))
 
     def cost(self, gamma: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``C(γ)``, the density and the local bandwidths of the series ``index`` (all when None) at their
         stiffness ``gamma``: (n,), (n, L), (n, L)."""
-        ratios = self.ratios if index is None else self.ratios[index]
-        y_hist = self.y_hist if index is None else self.y_hist[index]
-        mass = self.mass if index is None else self.mass[index]
+        pick = (lambda value: value) if index is None else (lambda value: value[index])
+        ratios, y_hist, mass = pick(self.ratios), pick(self.y_hist), pick(self.mass)
+        ratio_max, ratio_min = pick(self.ratio_max), pick(self.ratio_min)
         widths = self.widths
-        count = y_hist.shape[0]
+        count, length = y_hist.shape
         g = gamma[:, None]
         # The largest window index whose ratio optw_i / W_i reaches γ (−1 if none).
         position = torch.arange(widths.numel(), device=ratios.device)[None, :, None]
         last = torch.where(ratios >= g[..., None], position, -1).amax(1)  # (n, L)
+        narrowest = g > ratio_max  # local width W_min
+        widest = g < ratio_min  # local width W_max
         local = g * widths.take(last.clamp_min(0))
-        local = torch.where(g > ratios.amax(1), self.widths_min, local)
-        local = torch.where(g < ratios.amin(1), self.widths_max, local)
+        local = torch.where(narrowest, self.widths_min, local)
+        local = torch.where(widest, self.widths_max, local)
         # Nadaraya–Watson smoothing of the local widths with Gaussians of width w(s)/γ: with
         # E_ts = exp(−(t−s)²γ²/2w(s)²), Σ_s w(s) G_ts / Σ_s G_ts = γ Σ_s E_ts / Σ_s E_ts γ/w(s).
-        # The (n, L, L) kernels are written into one preallocated buffer: a fresh allocation of that size per
-        # evaluation costs more than the arithmetic.
-        inverse = g / local  # (n, L_s)
-        kernel = torch.mul(self.distance2, (-0.5 * inverse.square()).unsqueeze(1), out=self.buffer[:count])
-        kernel.exp_()
-        total = kernel.sum(2)
-        smoothed = g * total / kernel.mul_(inverse.unsqueeze(1)).sum(2)
+        # Unclamped points (w(s) = γ·W_j) use the precomputed kernels: one-hot (n, M·L) times the tables.
+        free = ~(narrowest | widest)
+        choice = torch.zeros((count, widths.numel(), length), dtype=y_hist.dtype, device=y_hist.device)
+        choice.scatter_(1, last.clamp_min(0).unsqueeze(1), free.to(y_hist.dtype).unsqueeze(1))
+        sums = choice.view(count, -1) @ self.tables  # (n, 2L): Σ_s E_ts and Σ_s E_ts γ/w(s)
+        total, weighted = sums[:, :length], sums[:, length:]
+        clamped = (~free).any(1).nonzero()[:, 0]
+        if clamped.numel():
+            # points clamped to W_min or W_max: inverse width γ/W, a kernel per series (dense, only for them)
+            inverse = torch.where(narrowest[clamped], 1 / self.widths_min, 1 / self.widths_max) * g[clamped]
+            inverse = torch.where(free[clamped], 0.0, inverse)  # free points are counted above
+            kernel = torch.mul(
+                self.distance2, (-0.5 * inverse.square()).unsqueeze(1), out=self.buffer[: clamped.numel()]
+            )
+            kernel.exp_()
+            kernel.mul_((~free[clamped]).to(kernel.dtype).unsqueeze(1))
+            total = total.index_add(0, clamped, kernel.sum(2))
+            weighted = weighted.index_add(0, clamped, torch.bmm(kernel, inverse.unsqueeze(2))[..., 0])
+        smoothed = g * total / weighted
         # A weighted mean of equal widths is that width; said exactly, the cost is exactly flat in γ where every
         # local width is clamped to max W, and the search breaks such ties the reference's way (f1 < f2 false).
         uniform = (local == local[:, :1]).all(1, keepdim=True)
         smoothed = torch.where(uniform, local, smoothed)
         # Balloon estimator with the smoothed width at the evaluation point: Σ_s h(s)·dt·G(t − s; w̄(t)).
-        kernel = torch.mul(self.distance2, (-0.5 / smoothed.square()).unsqueeze(2), out=kernel)
+        kernel = torch.mul(self.distance2, (-0.5 / smoothed.square()).unsqueeze(2), out=self.buffer[:count])
         kernel.exp_()
-        density = kernel.mul_((y_hist * self.dt).unsqueeze(1)).sum(2) / (math.sqrt(2 * math.pi) * smoothed)
+        density = torch.bmm(kernel, pick(self.weighted_hist).unsqueeze(2))[..., 0] / (
+            math.sqrt(2 * math.pi) * smoothed
+        )
         density = density * (mass / (density * self.dt).sum(1))[:, None]
         terms = density.square() - 2 * density * y_hist + 2 / math.sqrt(2 * math.pi) / smoothed * y_hist
         return (terms * self.dt).sum(1), density, smoothed
