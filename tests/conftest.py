@@ -39,10 +39,18 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, ou
 def run_distributed(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` gloo processes; return each rank's result.
 
-    ``fn`` must be a module-level function (it is pickled to the spawned processes).
+    ``fn`` runs in forked processes (a module-level function, so that a test also reads well).
     """
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world_size, _free_port(), fn, args, out_dir), nprocs=world_size, join=True)
+        # forked workers inherit the imported modules (spawned ones re-import torch, Lightning and the package:
+        # seconds per test); each worker runs one thread, so no OpenMP pool crosses the fork
+        mp.start_processes(
+            _worker,
+            args=(world_size, _free_port(), fn, args, out_dir),
+            nprocs=world_size,
+            join=True,
+            start_method="fork",
+        )
         return [
             torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False) for r in range(world_size)
         ]

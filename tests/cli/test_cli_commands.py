@@ -168,13 +168,18 @@ def test_explain_on_two_processes_writes_each_sample_once(tmp_path):
     ]
     base += ["--trainer.enable_progress_bar", "false"]
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([*base, "--out", str(one)], check=True, capture_output=True, timeout=500)
+    # the one-process run goes alongside the two-process one (their start-up is most of the time)
+    single = subprocess.Popen(
+        [*base, "--out", str(one)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     result = subprocess.run(
         [*base, "--out", str(two), "--trainer.devices", "2", "--trainer.strategy", "ddp"],
         capture_output=True,
         text=True,
         timeout=500,
     )
+    single_stderr = single.communicate(timeout=500)[1]
+    assert single.returncode == 0, single_stderr[-3000:]
     assert result.returncode == 0, result.stderr[-3000:]
     written = [int(i) for r in (0, 1) for i in (two / f"manifest-rank{r}.txt").read_text().split()]
     assert sorted(written) == list(range(9))  # no sample twice, none missing
