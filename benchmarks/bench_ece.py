@@ -19,9 +19,14 @@ Two sections, each comparing runs made in this one process:
   ``--warmup``, ``--refresh-every``, other settings at their defaults); ``ece-agree`` (with
   ``prediction_agreement``); ``ece-strong`` (attack ε = 48/255, step 12/255); ``ece-batch`` (batch mode). Means
   over ``--seeds`` with the sample standard deviation.
+* ``attack``: does batch mode's one attack step of ε score like epoch mode's 5 steps of 2/255? An ERM model
+  trained as in ``quality`` (seed 0), ``--attack-images`` training images scored with both attacks, at ε = 8/255
+  and 48/255: the Spearman correlation of E, the share of the 20 % highest weights that both give, the mean
+  absolute weight difference, and the scoring CPU time.
 
     python benchmarks/bench_ece.py                        # everything, single-threaded (about an hour of CPU time)
     python benchmarks/bench_ece.py --section overhead     # the overhead table only
+    python benchmarks/bench_ece.py --section attack       # one attack step against five
     python benchmarks/bench_ece.py --quick                # smoke run, about a minute
 """
 
@@ -43,6 +48,7 @@ from torch.utils.data import DataLoader
 from lightning_xai.callbacks import ExplanationConsistencyReweighting
 from lightning_xai.data import ShapesDataModule, ShapesDataset
 from lightning_xai.explain import grad_cam
+from lightning_xai.losses import consistency_weights
 from lightning_xai.metrics import PointingGame
 from lightning_xai.metrics.functional import score_consistency
 from lightning_xai.modules import ImageClassifier
@@ -53,7 +59,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, one seed")
-    parser.add_argument("--section", default="all", choices=["all", "overhead", "quality"])
+    parser.add_argument("--section", default="all", choices=["all", "overhead", "quality", "attack"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--json", default=None, help="also write the raw numbers to this JSON file")
     parser.add_argument("--image-size", type=int, default=32)
@@ -65,10 +71,13 @@ def parse_args() -> argparse.Namespace:
     overhead.add_argument("--batch-epochs", type=int, default=6, help="epochs of the batch-mode runs")
     overhead.add_argument("--rounds", type=int, default=3)
     overhead.add_argument(
-        "--overhead-modes", default="epoch,batch", help="refresh modes to time: epoch, batch, batch-1step"
+        "--overhead-modes", default="epoch,batch", help="refresh modes to time: epoch, batch, batch-5step"
     )
     quality = parser.add_argument_group("quality")
     quality.add_argument("--seeds", type=int, default=3)
+    quality.add_argument(
+        "--attack-images", type=int, default=512, help="training images of the attack section"
+    )
     quality.add_argument("--bias", type=float, default=0.8)
     quality.add_argument("--train-size", type=int, default=4000)
     quality.add_argument("--eval-size", type=int, default=256)
@@ -84,6 +93,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.overhead_train_size, args.overhead_epochs, args.batch_epochs, args.rounds = 32, 6, 1, 1
+        args.attack_images = 16
         args.seeds, args.train_size, args.eval_size, args.epochs, args.warmup, args.refresh_every = (
             1,
             64,
@@ -150,11 +160,11 @@ def overhead_section(args: argparse.Namespace) -> dict[str, Any]:
             args.batch_epochs,
             lambda: ExplanationConsistencyReweighting(refresh="batch", warmup_epochs=0),
         ),
-        # one full-budget step (FGSM-like) instead of PGD's 5: the cheap attack for batch mode
-        "batch-1step": (
+        # the epoch mode's 5-step attack in batch mode (batch mode's default is one step of eps)
+        "batch-5step": (
             args.batch_epochs,
             lambda: ExplanationConsistencyReweighting(
-                refresh="batch", warmup_epochs=0, steps=1, step=8 / 255
+                refresh="batch", warmup_epochs=0, steps=5, step=2 / 255
             ),
         ),
     }
@@ -267,6 +277,59 @@ def quality_section(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    return values.argsort().argsort().double()
+
+
+def attack_section(args: argparse.Namespace) -> dict[str, Any]:
+    data = ShapesDataModule(
+        batch_size=args.batch,
+        image_size=args.image_size,
+        train_size=args.train_size,
+        val_size=0,
+        test_size=0,
+        bias=args.bias,
+        seed=0,
+    )
+    module, _, _ = fit(args, data, args.epochs, 0, None)
+    model = module.model.eval()
+    accuracy = evaluate(module, args, 0)["acc_unbiased"]
+    train = data.datasets["train"]
+    count = min(args.attack_images, len(train))
+    x = torch.stack([train[i]["image"] for i in range(count)])
+    y = torch.stack([train[i]["label"] for i in range(count)])
+    out: dict[str, Any] = {"acc_unbiased": accuracy, "images": count}
+    for eps in (8 / 255, 48 / 255):
+        scores, seconds = {}, {}
+        for name, attack in (
+            ("5 steps", {"steps": 5, "step": eps / 4}),
+            ("1 step", {"steps": 1, "step": eps}),
+        ):
+            start = time.process_time()
+            scores[name] = torch.cat(
+                [
+                    score_consistency(
+                        model, x[i : i + args.batch], y[i : i + args.batch], eps=eps, **attack
+                    ).consistency
+                    for i in range(0, count, args.batch)
+                ]
+            )
+            seconds[name] = time.process_time() - start
+        five, one = scores["5 steps"], scores["1 step"]
+        w5, w1 = consistency_weights(1 - five)[0], consistency_weights(1 - one)[0]
+        top = max(1, count // 5)
+        shared = len(set(w5.topk(top).indices.tolist()) & set(w1.topk(top).indices.tolist())) / top
+        out[f"eps {round(eps * 255)}/255"] = {
+            "spearman": float(torch.corrcoef(torch.stack([_ranks(five), _ranks(one)]))[0, 1]),
+            "top20_shared": shared,
+            "weight_abs_difference": float((w5 - w1).abs().mean()),
+            "mean_e": [float(five.mean()), float(one.mean())],
+            "cpu_s": [seconds["5 steps"], seconds["1 step"]],
+        }
+        print(json.dumps({"eps": eps, **out[f"eps {round(eps * 255)}/255"]}), flush=True)
+    return out
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -289,6 +352,19 @@ def main() -> None:
                 f"| {mode} | {row['epochs']} | {row['plain_cpu_s']:.1f} | {row['ece_cpu_s']:.1f} | "
                 f"{row['ratio_cpu']:.2f}x | {row['ratio_wall']:.2f}x |"
             )
+    if args.section in ("all", "attack"):
+        report["attack"] = attack_section(args)
+        print(f"\naccuracy on unbiased images {report['attack']['acc_unbiased']:.3f}")
+        print(
+            "| budget | Spearman of E | top-20 % shared | mean abs weight difference | mean E (5 / 1) | CPU s (5 / 1) |"
+        )
+        print("|---|---|---|---|---|---|")
+        for key, row in report["attack"].items():
+            if isinstance(row, dict):
+                print(
+                    f"| {key} | {row['spearman']:.3f} | {row['top20_shared']:.0%} | {row['weight_abs_difference']:.2f} | "
+                    f"{row['mean_e'][0]:.3f} / {row['mean_e'][1]:.3f} | {row['cpu_s'][0]:.2f} / {row['cpu_s'][1]:.2f} |"
+                )
     if args.section in ("all", "quality"):
         report["quality"] = quality_section(args)
         keys = (

@@ -47,14 +47,16 @@ import torch
 from captum.attr import IntegratedGradients, LayerGradCam
 from torch import nn
 
-from lightning_xai.attr import IGOS, IGOSPlusPlus
+from lightning_xai.attr import IGOS, IGOSOptions, IGOSPlusPlus
 from lightning_xai.data import ShapesDataModule, ShapesDataset
 from lightning_xai.explain import make_baseline
 from lightning_xai.metrics.functional import deletion_auc, energy_pointing_game, insertion_auc, pointing_game
 from lightning_xai.models import small_resnet
 
 METHODS: dict[str, type] = {"IGOS": IGOS, "IGOSPlusPlus": IGOSPlusPlus}
-ALL_VARIANTS = "IGOS:plain,IGOS:integrated,IGOSPlusPlus:plain,IGOSPlusPlus:integrated"
+ALL_VARIANTS = (
+    "IGOS:plain,IGOS:plain:reference,IGOS:integrated,IGOSPlusPlus:plain,IGOSPlusPlus:plain:reference"
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,7 +71,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument(
-        "--variants", default=ALL_VARIANTS, help=f"method:line_search pairs (default {ALL_VARIANTS})"
+        "--variants",
+        default=ALL_VARIANTS,
+        help=f"method:line_search[:settings] items (default {ALL_VARIANTS})",
     )
     parser.add_argument(
         "--cost-batch", type=int, default=8, help="images explained in the cost part (default 8)"
@@ -233,8 +237,23 @@ class RowCounter(nn.Module):
         return self.model(x)
 
 
-def method_kwargs(args: argparse.Namespace, name: str, line_search: str) -> dict:
-    kwargs = {"line_search": line_search, "mask_size": args.mask_size, "seed": args.seed}
+#: What a variant's third field sets on top of the method's defaults: the references' integration and line
+#: search (``reference``, keeping the variant's line search), or one of the defaults' levers undone.
+SETTINGS: dict[str, dict] = {
+    "defaults": {},
+    "reference": {k: v for k, v in IGOSOptions.reference_fields.items() if k != "line_search"},
+    "cold": {"warm_start": False},
+    "riemann20": {"n_steps": 20, "quadrature": "riemann"},
+}
+
+
+def method_kwargs(args: argparse.Namespace, name: str, line_search: str, settings: str = "defaults") -> dict:
+    kwargs = {
+        **SETTINGS[settings],
+        "line_search": line_search,
+        "mask_size": args.mask_size,
+        "seed": args.seed,
+    }
     if args.iterations[name] is not None:
         kwargs["n_iterations"] = args.iterations[name]
     if args.steps is not None:
@@ -242,14 +261,21 @@ def method_kwargs(args: argparse.Namespace, name: str, line_search: str) -> dict
     return kwargs
 
 
-def parse_variants(text: str) -> list[tuple[str, str]]:
+def parse_variants(text: str) -> list[tuple[str, str, str]]:
+    """``method:line_search[:settings]`` items, e.g. ``IGOS:plain`` or ``IGOSPlusPlus:plain:reference``."""
     out = []
     for item in text.split(","):
-        name, _, line_search = item.strip().partition(":")
-        if name not in METHODS or line_search not in ("plain", "integrated"):
-            raise SystemExit(f"bad variant {item!r}: use IGOS|IGOSPlusPlus:plain|integrated")
-        out.append((name, line_search))
+        name, line_search, settings = [*item.strip().split(":"), "defaults"][:3]
+        if name not in METHODS or line_search not in ("plain", "integrated") or settings not in SETTINGS:
+            raise SystemExit(
+                f"bad variant {item!r}: use IGOS|IGOSPlusPlus:plain|integrated[:{'|'.join(SETTINGS)}]"
+            )
+        out.append((name, line_search, settings))
     return out
+
+
+def variant_label(name: str, line_search: str, settings: str) -> str:
+    return f"{name} ({line_search}{'' if settings == 'defaults' else ', ' + settings})"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -265,7 +291,7 @@ def run_cost(args, model, mean, std) -> list[dict]:
         probabilities = model(x).softmax(1).gather(1, labels[:, None])[:, 0]
     print(f"cost images: {args.cost_size} px, p(label) mean {float(probabilities.mean()):.3f}", flush=True)
     rows = []
-    for name, line_search in parse_variants(args.variants):
+    for name, line_search, settings in parse_variants(args.variants):
         before = pass_seconds(model, args.cost_size, args.pass_batch)
         counter = RowCounter(model)
         start = time.perf_counter()
@@ -273,7 +299,7 @@ def run_cost(args, model, mean, std) -> list[dict]:
             x,
             target=labels,
             internal_batch_size=args.internal_batch_size,
-            **method_kwargs(args, name, line_search),
+            **method_kwargs(args, name, line_search, settings),
         )
         seconds = (time.perf_counter() - start) / len(x)
         after = pass_seconds(model, args.cost_size, args.pass_batch)
@@ -282,6 +308,7 @@ def run_cost(args, model, mean, std) -> list[dict]:
             {
                 "method": name,
                 "line_search": line_search,
+                "settings": settings,
                 "images": len(x),
                 "seconds_per_image": seconds,
                 "pass_seconds": reference,
@@ -296,11 +323,14 @@ def run_cost(args, model, mean, std) -> list[dict]:
 
 
 def run_speedup(args, model, mean, std) -> dict:
-    name, line_search = parse_variants(args.speedup_variant)[0]
+    name, line_search, settings = parse_variants(args.speedup_variant)[0]
     x, labels, _ = shapes(
         args.speedup_images, args.cost_size, args.seed + 1, model, mean, std, correct_only=False
     )
-    kwargs = {"internal_batch_size": args.internal_batch_size, **method_kwargs(args, name, line_search)}
+    kwargs = {
+        "internal_batch_size": args.internal_batch_size,
+        **method_kwargs(args, name, line_search, settings),
+    }
     method = METHODS[name](model)
     start = time.perf_counter()
     batched = method.attribute(x, target=labels, **kwargs)
@@ -328,14 +358,17 @@ def run_quality(args, model, mean, std) -> list[dict]:
     blur = make_baseline(x, "blur")
     tolerance = 15 * args.image_size / 224
     maps: dict[str, Callable[[], torch.Tensor]] = {}
-    for name, line_search in parse_variants(args.variants):
+    counters: dict[str, RowCounter] = {}
+    for name, line_search, settings in parse_variants(args.variants):
+        label = variant_label(name, line_search, settings)
+        counters[label] = RowCounter(model)
 
-        def explain(name=name, line_search=line_search):
-            return METHODS[name](model).attribute(
-                x, target=labels, internal_batch_size=128, **method_kwargs(args, name, line_search)
+        def explain(name=name, line_search=line_search, settings=settings, counter=counters[label]):
+            return METHODS[name](counter).attribute(
+                x, target=labels, internal_batch_size=128, **method_kwargs(args, name, line_search, settings)
             )
 
-        maps[f"{name} ({line_search})"] = explain
+        maps[label] = explain
     maps["Captum IntegratedGradients (blur baseline)"] = lambda: IntegratedGradients(model).attribute(
         x, baselines=blur, target=labels, n_steps=50, internal_batch_size=128
     )
@@ -368,6 +401,12 @@ def run_quality(args, model, mean, std) -> list[dict]:
                 "pointing_game": float(pointing_game(upsampled, masks, tolerance=tolerance)),
                 "energy_in_object": float(energy_pointing_game(upsampled, masks)),
                 "seconds_per_image": seconds,
+                # model inputs per image (fwd+bwd rows + forward rows / 3), for the mask methods
+                "rows_per_image": (
+                    (counters[label].grad_rows + counters[label].forward_rows / 3) / len(x)
+                    if label in counters
+                    else None
+                ),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -386,13 +425,14 @@ def tables(args, info, cost, speedup, quality) -> str:
             f"Cost, {args.cost_size} px, CPU, mask {args.mask_size}, internal_batch_size "
             f"{args.internal_batch_size}, forward+backward reference at batch {args.pass_batch}:",
             "",
-            "| method | line search | images | s / image | pass s / image | drift | rows / image (fwd+bwd, fwd) "
-            "| **pass-equivalents / image** |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method (line search, settings) | images | s / image | pass s / image | drift "
+            "| rows / image (fwd+bwd, fwd) | **pass-equivalents / image** |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in cost:
             lines.append(
-                f"| {r['method']} | {r['line_search']} | {r['images']} | {r['seconds_per_image']:.1f} | "
+                f"| {variant_label(r['method'], r['line_search'], r['settings'])} | {r['images']} | "
+                f"{r['seconds_per_image']:.1f} | "
                 f"{r['pass_seconds']:.3f} | {r['drift']:+.0%} | {r['grad_rows_per_image']:.0f}, "
                 f"{r['forward_rows_per_image']:.0f} | **{r['pass_equivalents']:.0f}** |"
             )
@@ -416,13 +456,15 @@ def tables(args, info, cost, speedup, quality) -> str:
             f"{info['test_accuracy']:.3f}; {args.quality_images} correctly classified test images, explained for "
             "their label (deletion: lower is better; insertion, pointing game: higher is better):",
             "",
-            "| method | deletion AUC ↓ | insertion AUC ↑ | pointing game ↑ | energy in object ↑ | s / image |",
-            "|---|---|---|---|---|---|",
+            "| method | deletion AUC ↓ | insertion AUC ↑ | pointing game ↑ | energy in object ↑ | s / image "
+            "| rows / image |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in quality:
+            rows = "–" if r["rows_per_image"] is None else f"{r['rows_per_image']:.0f}"
             lines.append(
                 f"| {r['method']} | {r['deletion_auc']:.4f} | {r['insertion_auc']:.4f} | "
-                f"{r['pointing_game']:.3f} | {r['energy_in_object']:.3f} | {r['seconds_per_image']:.2f} |"
+                f"{r['pointing_game']:.3f} | {r['energy_in_object']:.3f} | {r['seconds_per_image']:.2f} | {rows} |"
             )
         lines.append("")
     return "\n".join(lines)
