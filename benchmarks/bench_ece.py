@@ -141,15 +141,22 @@ def fit(args: argparse.Namespace, data: ShapesDataModule, epochs: int, seed: int
 # -- overhead -------------------------------------------------------------------------------------------------
 
 
-def overhead_section(args: argparse.Namespace) -> dict[str, Any]:
-    data = ShapesDataModule(
+def shapes_data(args: argparse.Namespace, train_size: int, bias: float, seed: int = 0) -> ShapesDataModule:
+    """The training data of every section: ``train_size`` shapes whose background tint agrees with the label
+    for a fraction ``bias`` of them (no validation or test split)."""
+    return ShapesDataModule(
         batch_size=args.batch,
         image_size=args.image_size,
-        train_size=args.overhead_train_size,
+        train_size=train_size,
         val_size=0,
         test_size=0,
-        bias=0.9,
+        bias=bias,
+        seed=seed,
     )
+
+
+def overhead_section(args: argparse.Namespace) -> dict[str, Any]:
+    data = shapes_data(args, args.overhead_train_size, 0.9)
     score_loader = DataLoader(data.datasets["train"], batch_size=args.batch)
     runs = {
         "epoch": (
@@ -248,15 +255,7 @@ def quality_section(args: argparse.Namespace) -> dict[str, Any]:
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     out: dict[str, dict[str, list[float]]] = {c: {} for c in configs}
     for seed in range(args.seeds):
-        data = ShapesDataModule(
-            batch_size=args.batch,
-            image_size=args.image_size,
-            train_size=args.train_size,
-            val_size=0,
-            test_size=0,
-            bias=args.bias,
-            seed=seed,
-        )
+        data = shapes_data(args, args.train_size, args.bias, seed)
         score_loader = DataLoader(data.datasets["train"], batch_size=args.batch)
         for name in configs:
             callback = make_callback(name, args, score_loader)
@@ -282,15 +281,7 @@ def _ranks(values: torch.Tensor) -> torch.Tensor:
 
 
 def attack_section(args: argparse.Namespace) -> dict[str, Any]:
-    data = ShapesDataModule(
-        batch_size=args.batch,
-        image_size=args.image_size,
-        train_size=args.train_size,
-        val_size=0,
-        test_size=0,
-        bias=args.bias,
-        seed=0,
-    )
+    data = shapes_data(args, args.train_size, args.bias)
     module, _, _ = fit(args, data, args.epochs, 0, None)
     model = module.model.eval()
     accuracy = evaluate(module, args, 0)["acc_unbiased"]
