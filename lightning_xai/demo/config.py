@@ -30,8 +30,8 @@ REAL_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class DemoConfig:
-    """Settings of :func:`run_demo`; the defaults take about eight minutes on two idle CPU cores
-    (``real=True`` adds about two)."""
+    """Settings of :func:`run_demo`; the defaults take about six minutes on two idle CPU cores
+    (``real=True`` adds about one and a half)."""
 
     out: str = "demo-out"
     model: str = "small_resnet"
