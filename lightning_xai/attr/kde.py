@@ -172,9 +172,11 @@ class _Problem:
                 self.distance2, (-0.5 * inverse.square()).unsqueeze(1), out=self.buffer[: clamped.numel()]
             )
             kernel.exp_()
-            kernel.mul_((~free[clamped]).to(kernel.dtype).unsqueeze(1))
-            total = total.index_add(0, clamped, kernel.sum(2))
-            weighted = weighted.index_add(0, clamped, torch.bmm(kernel, inverse.unsqueeze(2))[..., 0])
+            # one product gives Σ_s over the clamped points of E_ts and of E_ts·γ/w(s)
+            weights = torch.stack([(~free[clamped]).to(kernel.dtype), inverse], dim=2)
+            sums = torch.bmm(kernel, weights)
+            total = total.index_add(0, clamped, sums[..., 0])
+            weighted = weighted.index_add(0, clamped, sums[..., 1])
         smoothed = g * total / weighted
         # A weighted mean of equal widths is that width; said exactly, the cost is exactly flat in γ where every
         # local width is clamped to max W, and the search breaks such ties the reference's way (f1 < f2 false).
