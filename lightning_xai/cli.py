@@ -82,12 +82,22 @@ def run_lightning_cli(argv: Sequence[str]) -> int:
     Any LightningModule and LightningDataModule can be named with ``class_path``; the Trainer defaults to
     ``inference_mode: false`` so that the library's explanation callbacks can compute gradients.
     """
+    import inspect
+
+    import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
+    args = list(argv)
+    # A checkpoint given with --ckpt_path is read weights-only unless the command says otherwise (Lightning
+    # leaves the choice to torch.load's default, which runs the file's code on PyTorch < 2.6).
+    if "weights_only" in inspect.signature(L.Trainer.fit).parameters and not any(
+        a.split("=")[0] == "--weights_only" for a in args
+    ):
+        args.append("--weights_only=true")
     LightningCLI(
         subclass_mode_model=True,
         subclass_mode_data=True,
-        args=list(argv),
+        args=args,
         trainer_defaults={"inference_mode": False},
         save_config_kwargs={"overwrite": True},
     )

@@ -9,6 +9,7 @@ from .outputs import (
     logits_of,
     tokens_to_grid,
 )
+from .safe_load import UnsafeCheckpointError, reserialise, safe_load
 from .weights import PixelClassifier, imagenet_class_names, pretrained
 from .zoo import build_model, small_cnn, small_resnet
 
@@ -16,6 +17,7 @@ __all__ = [
     "LogitsForward",
     "PixelClassifier",
     "Stage",
+    "UnsafeCheckpointError",
     "build_model",
     "check_logits",
     "find_network",
@@ -26,7 +28,9 @@ __all__ = [
     "list_stages",
     "logits_of",
     "pretrained",
+    "reserialise",
     "resolve_layer",
+    "safe_load",
     "small_cnn",
     "small_resnet",
     "tokens_to_grid",

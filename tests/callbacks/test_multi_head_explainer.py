@@ -172,7 +172,7 @@ def test_resume_from_checkpoint_gives_identical_outputs(tmp_path):
     # outside a Trainer: attach the heads, then load the weights
     bare = classifier(2)
     MultiHeadExplainer().attach(bare)
-    bare.load_state_dict(torch.load(path, weights_only=False)["state_dict"])
+    bare.load_state_dict(torch.load(path, weights_only=True)["state_dict"])
     assert torch.equal(bare.eval()(x), expected)
 
 

@@ -56,7 +56,7 @@ def _same_outputs(module, trained) -> None:
 
 
 def test_the_checkpoint_records_the_heads(trained):
-    entry = torch.load(trained["path"], weights_only=False)["mhex"]
+    entry = torch.load(trained["path"], weights_only=True)["mhex"]
     assert entry["model_path"] == "model" and entry["stages"] == STAGES
     assert entry["options"]["gate_rank"] == 8 and entry["options"]["num_classes"] == 4
 
@@ -75,7 +75,7 @@ def test_resume_with_ckpt_path_and_the_load_hook(trained):
     _same_outputs(resumed, trained)
     # the hook alone (no setup before it) attaches the recorded heads before the weights load
     bare, hook = classifier(2), MultiHeadExplainer(gate_rank=8)
-    checkpoint = torch.load(trained["path"], weights_only=False)
+    checkpoint = torch.load(trained["path"], weights_only=True)
     hook.on_load_checkpoint(None, bare, checkpoint)
     assert hook.heads is find_mhex(bare.model)
     bare.load_state_dict(checkpoint["state_dict"])
@@ -92,7 +92,7 @@ def test_explain_a_mhex_checkpoint(trained, tmp_path):
 
 
 def test_an_old_checkpoint_without_the_record_says_what_to_do(trained, tmp_path, capsys):
-    checkpoint = torch.load(trained["path"], weights_only=False)
+    checkpoint = torch.load(trained["path"], weights_only=True)
     del checkpoint["mhex"]
     old = tmp_path / "old.ckpt"
     torch.save(checkpoint, old)

@@ -13,10 +13,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..._checks import describe
+from ...models import reserialise, safe_load
 from .inject import MHEX_ATTR, MHEXHandle, find_mhex, inject_mhex
 from .options import MHEXOptions
 
@@ -74,7 +74,7 @@ def attach_mhex_from_checkpoint(module: nn.Module, checkpoint: dict[str, Any]) -
             "they were made (it was saved before lightning_xai recorded checkpoint['mhex']), so "
             f"{type(module).__name__} cannot be given the same heads automatically. Attach them with the "
             "settings of the training run, then load the weights: `MultiHeadExplainer(<the same arguments>)"
-            ".attach(module)` and `module.load_state_dict(torch.load(path, weights_only=False)"
+            ".attach(module)` and `module.load_state_dict(lightning_xai.models.safe_load(path)"
             "['state_dict'])`; or resume the run once with this version (Trainer.fit(..., ckpt_path=path) "
             "with the MultiHeadExplainer callback) and save a new checkpoint, which records them."
         )
@@ -111,6 +111,8 @@ def load_mhex_checkpoint(
         map_location: as for ``torch.load``.
         strict: load the state dict strictly.
 
+    The file is read with :func:`~lightning_xai.models.safe_load` (``weights_only=True``): a checkpoint that holds
+    classes or functions raises :class:`~lightning_xai.models.UnsafeCheckpointError` and none of its code runs.
     A checkpoint without heads loads as usual. Returns the module (in the mode it was built in). A
     weights-only checkpoint (``save_weights_only=True``) does not run the callback's hook and so records no
     heads: the error then says how to load it.
@@ -130,15 +132,19 @@ def load_mhex_checkpoint(
         >>> sorted(module.model.mhex_heads.branches)
         ['layer1', 'layer2', 'layer3', 'layer4']
     """
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    checkpoint = safe_load(path, map_location=map_location)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ValueError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict' entry)")
     if isinstance(module_or_class, nn.Module):
         module = module_or_class
     elif isinstance(module_or_class, type) and hasattr(module_or_class, "load_from_checkpoint"):
         with warnings.catch_warnings():
             # the heads' keys are not in the fresh module yet: they are loaded strictly below
             warnings.filterwarnings("ignore", "Found keys that are not in the model state dict")
+            # Lightning reads the file again, with its own weights_only default (unsafe on older PyTorch):
+            # it is given what the safe load already rebuilt, never the file.
             module = module_or_class.load_from_checkpoint(
-                path, map_location=map_location, strict=False, **kwargs
+                reserialise(checkpoint), map_location=map_location, strict=False, **kwargs
             )
     else:
         raise TypeError(

@@ -21,7 +21,7 @@ from ...attr.comet import selector_mask
 from ...data.batch import Batch, split_batch
 from ...explain import Normalization
 from ...heads.mhex import infer_num_classes
-from ...models import build_model, check_logits, logits_of
+from ...models import build_model, check_logits, logits_of, safe_load
 from .networks import build_selector
 
 __all__ = ["ComprehensiveAttribution"]
@@ -186,11 +186,7 @@ class ComprehensiveAttribution(L.LightningModule):
             )
         selector_net = build_selector(selector)
         if selector_weights is not None:
-            state = (
-                torch.load(selector_weights, map_location="cpu", weights_only=True)
-                if isinstance(selector_weights, str)
-                else selector_weights
-            )
+            state = safe_load(selector_weights) if isinstance(selector_weights, str) else selector_weights
             selector_net.load_state_dict(state)
 
         ignore = ["batch_adapter", "fill", "selector_weights"]
