@@ -14,7 +14,7 @@ import torch
 from captum._utils.common import _format_additional_forward_args, _format_output, _is_tuple
 from torch import Tensor
 
-from .._checks import check_nonempty_batch, check_tensor, describe
+from .._checks import check_nonempty_batch, check_tensor, describe, format_target
 from ..models.scoring import Score
 from ..models.scoring import clean_scores as _clean_scores
 
@@ -85,22 +85,32 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
-def clean_scores(
+def clean_and_baseline_scores(
     forward: Callable[..., Any],
     inputs: Tensor,
+    baselines: Tensor,
     target: object,
     additional_forward_args: tuple[Any, ...] = (),
     *,
     score: Score = "softmax",
     internal_batch_size: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """The (B,) target (``None`` becomes the argmax) and its (B,) clean score, from one no-grad pass."""
-    formatted, scores = _clean_scores(
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The (B,) target (``None`` becomes the argmax), its (B,) score at the inputs and at ``baselines`` (the start of a path method's path),
+    from the same no-grad pass over the 2B rows (per-row extra arguments are repeated for the baseline rows)."""
+    batch = inputs.shape[0]
+    formatted = format_target(target, batch, None, inputs.device)
+    doubled = tuple(
+        torch.cat([arg, arg]) if isinstance(arg, Tensor) and arg.ndim > 0 and arg.shape[0] == batch else arg
+        for arg in additional_forward_args
+    )
+    labels, scores = _clean_scores(
         forward,
-        inputs,
-        target,
+        torch.cat([inputs, baselines.to(inputs.dtype).expand_as(inputs)]),
+        None if formatted is None else formatted.repeat(2),
         score=score,
         internal_batch_size=internal_batch_size,
-        additional_forward_args=additional_forward_args,
+        additional_forward_args=doubled,
     )
-    return formatted, scores.gather(1, formatted[:, None])[:, 0]
+    labels = labels[:batch]
+    target_scores = scores.gather(1, labels.repeat(2)[:, None])[:, 0]
+    return labels, target_scores[:batch], target_scores[batch:]

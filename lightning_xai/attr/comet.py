@@ -23,7 +23,7 @@ from .._checks import (
     describe,
     format_target,
 )
-from ..explain import preserved_state, warn_if_training
+from ..explain import constant_rows, preserved_state, warn_if_training, warn_uninformative
 from ..models import forward_module
 from ..models.scoring import chunk_bounds, select_forward_args
 from ._base import check_forward_func
@@ -164,6 +164,7 @@ class SelectorAttribution(Attribution):
                 chunk_extra = select_forward_args(extra, index, batch)
                 outputs.append(selector_mask(self.selector, x[begin:stop], *chunk_extra))
         mask = check_tensor("the selector's mask", torch.cat(outputs)).to(x.dtype)
+        warn_uninformative("SelectorAttribution", constant=constant_rows(mask))
         if expand_to_input:
             mask = mask.expand(-1, x.shape[1], -1, -1)
         return format_output(is_tuple, (mask,))

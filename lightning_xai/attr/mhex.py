@@ -19,7 +19,7 @@ from .._checks import (
     describe,
     format_target,
 )
-from ..explain import preserved_state, warn_if_training
+from ..explain import constant_rows, preserved_state, warn_if_training, warn_uninformative
 from ..heads.mhex import LayerWeights, MHEXHandle, MHEXHeads, find_mhex
 from ..models import LogitsForward, check_logits, forward_module
 from ..models.scoring import chunk_bounds, select_forward_args
@@ -163,6 +163,7 @@ class MHEXAttribution(Attribution):
                 )
             )
         saliency = torch.cat(outputs)
+        warn_uninformative("MHEXAttribution", constant=constant_rows(saliency))
         if expand_to_input and not tokens:
             saliency = saliency.expand(-1, x.shape[1], -1, -1)
         return format_output(is_tuple, (saliency.to(x.dtype) if x.is_floating_point() else saliency,))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .._checks import describe
 from .._registry import NameRegistry
+from ..explain import constant_rows, warn_uninformative
 from ..models import LogitsForward, resolve_layer
 
 #: Short names accepted wherever a method is named; values are dotted class paths.
@@ -114,6 +115,10 @@ def attribution_maps(
     if isinstance(result, tuple):
         result = result[0]
     maps = result.detach().float()
+    if not type(attribution).__module__.startswith(
+        "lightning_xai."
+    ):  # the package's methods check themselves
+        warn_uninformative(type(attribution).__name__, constant=constant_rows(maps))
     if maps.ndim == 4:
         maps = maps.sum(1)
     elif maps.ndim != 3:

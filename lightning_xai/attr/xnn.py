@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,14 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._checks import check_inputs_on_model_device, check_internal_batch_size, describe, format_target
-from ..explain import grad_cam, preserved_state, warn_if_training
+from ..explain import (
+    UninformativeExplanationWarning,
+    constant_rows,
+    grad_cam,
+    preserved_state,
+    warn_if_training,
+    warn_uninformative,
+)
 from ..models import forward_module, resolve_layer
 from ..models.scoring import chunk_bounds, select_forward_args
 from ._common import (
@@ -141,6 +149,11 @@ class XNNConceptAttribution(Attribution):
                     )
                 )
             heat = torch.cat(maps)
+            # an inactive concept has no evidence to show (a zero map by design); an active one with a constant
+            # map is named
+            blank = torch.zeros(batch, dtype=torch.bool, device=images.device)
+            blank[image_index[constant_rows(heat) & active]] = True
+            warn_uninformative("XNNConceptAttribution", constant=blank)
             heat = torch.where(active.view(-1, 1, 1), heat, torch.zeros_like(heat))
             out = heat.view(batch, -1, *images.shape[-2:]).to(images.dtype)
             return format_output(is_tuple, (out,))
@@ -158,13 +171,21 @@ class XNNConceptAttribution(Attribution):
         size = tuple(rows.shape[-2:])
         if method == "gradcam":
             maps = grad_cam(
-                self.forward_func, rows, target, layer, upsample=True, additional_forward_args=extra
+                self.forward_func,
+                rows,
+                target,
+                layer,
+                upsample=True,
+                additional_forward_args=extra,
+                warn_uninformative_maps=False,  # `attribute` names them, once for all the rows
             )
         elif method == "igos":
             kwargs = {"score": "logit", **method_kwargs}
-            maps = IGOS(self.forward_func).attribute(
-                rows, target=target, additional_forward_args=extra or None, **kwargs
-            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UninformativeExplanationWarning)
+                maps = IGOS(self.forward_func).attribute(
+                    rows, target=target, additional_forward_args=extra or None, **kwargs
+                )
             maps = maps[:, :1]
         else:
             maps = method(rows, target)

@@ -134,15 +134,15 @@ def explain_all(
         insertion = insertion_auc(forward, images, explained, labels, return_curves=True, reduction="none")
         maps[label] = explained
         curves[label] = {
-            "deletion": deletion["curves"].mean(0).numpy(),
-            "insertion": insertion["curves"].mean(0).numpy(),
+            "deletion": deletion["curves"].nanmean(0).numpy(),
+            "insertion": insertion["curves"].nanmean(0).numpy(),
         }
         rows.append(
             {
                 "method": label,
                 "model": model_key,
-                "deletion AUC ↓": float(deletion["auc"].mean()),
-                "insertion AUC ↑": float(insertion["auc"].mean()),
+                "deletion AUC ↓": float(deletion["auc"].nanmean()),
+                "insertion AUC ↑": float(insertion["auc"].nanmean()),
                 "pointing game ↑": float(pointing_game(explained, masks, tolerance=0)),
                 "seconds / image": round(seconds, 3),
             }

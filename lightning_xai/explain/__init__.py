@@ -1,6 +1,7 @@
 """Differentiable building blocks shared by methods, callbacks and metrics (no Lightning import here)."""
 
 from .baselines import compose, constant_baseline, gaussian_blur, make_baseline, mean_baseline, upsample_mask
+from .degenerate import UninformativeExplanationWarning, constant_rows, unchanged_rows, warn_uninformative
 from .gradcam import grad_cam
 from .hooks import ActivationTap, forward_hook
 from .normalization import IMAGENET, Normalization, resolve_normalization
@@ -11,9 +12,11 @@ __all__ = [
     "IMAGENET",
     "ActivationTap",
     "Normalization",
+    "UninformativeExplanationWarning",
     "background_pgd",
     "compose",
     "constant_baseline",
+    "constant_rows",
     "forward_hook",
     "gaussian_blur",
     "grad_cam",
@@ -22,6 +25,8 @@ __all__ = [
     "preserved_state",
     "require_grad_mode",
     "resolve_normalization",
+    "unchanged_rows",
     "upsample_mask",
     "warn_if_training",
+    "warn_uninformative",
 ]

@@ -17,6 +17,7 @@ from .._checks import (
     format_target,
 )
 from ..models import check_logits, forward_module, logits_of, resolve_layer, tokens_to_grid
+from .degenerate import constant_rows, warn_uninformative
 from .hooks import ActivationTap, forward_hook
 from .state import preserved_state, require_grad_mode, warn_if_training
 
@@ -34,6 +35,7 @@ def grad_cam(
     additional_forward_args: tuple | None = None,
     num_prefix_tokens: int | None = None,
     eps: float = 1e-8,
+    warn_uninformative_maps: bool = True,
 ) -> Tensor:
     """Grad-CAM of ``target`` for a batch, with per-sample targets.
 
@@ -54,6 +56,9 @@ def grad_cam(
         normalize: divide each map by its maximum (plus ``eps``), giving [0, 1] for ReLU'd maps.
         additional_forward_args: extra positional arguments for the forward (e.g. an attention mask).
         num_prefix_tokens: for ViT token outputs (B, N, C): leading non-patch tokens (inferred if None).
+        warn_uninformative_maps: warn (:class:`~lightning_xai.explain.UninformativeExplanationWarning`) naming
+            the images whose map is constant; callers that count such maps themselves pass False. Never with
+            ``create_graph`` (a training loss).
 
     Returns:
         (B, 1, h, w) maps for image models (token layers of a ViT are laid out as a grid), (B, L) per-token
@@ -70,9 +75,12 @@ def grad_cam(
     activation, grads, _ = _layer_gradients(
         forward_func, inputs, target, layer_module, module, extra, create_graph=create_graph
     )
-    return _cam(
+    cam = _cam(
         activation, grads, inputs, module, relu, upsample, normalize, num_prefix_tokens, eps, create_graph
     )
+    if warn_uninformative_maps and not create_graph:
+        warn_uninformative("grad_cam", constant=constant_rows(cam))
+    return cam
 
 
 def _checked(

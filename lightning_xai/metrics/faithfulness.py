@@ -18,6 +18,7 @@ from ..models.scoring import Score
 from ._common import (
     ChannelReduction,
     mean_compute,
+    warn_all_skipped,
 )
 from .functional.confidence import (
     ConfidenceForm,
@@ -53,6 +54,7 @@ class _PerturbationCurve(_ForwardHolder, Metric):
 
     auc_sum: Tensor
     count: Tensor
+    n_skipped: Tensor
     curves: list[Tensor]
 
     def __init__(
@@ -88,6 +90,7 @@ class _PerturbationCurve(_ForwardHolder, Metric):
         self.return_curves = bool(return_curves)
         self.add_state("auc_sum", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("n_skipped", torch.tensor(0), dist_reduce_fx="sum")
         if self.return_curves:
             self.add_state("curves", [], dist_reduce_fx="cat")
 
@@ -99,7 +102,7 @@ class _PerturbationCurve(_ForwardHolder, Metric):
             attributions: (B, H, W), (B, 1, H, W) or (B, C, H, W) maps, higher = more important, any resolution.
             target: an int, a list of B ints, a (B,) tensor, or None (argmax on the clean inputs).
         """
-        auc, curves = _perturbation_curve_update(
+        auc, curves, skipped = _perturbation_curve_update(
             self._model_forward,
             inputs,
             attributions,
@@ -118,12 +121,14 @@ class _PerturbationCurve(_ForwardHolder, Metric):
                     f"{curves.shape[1]} points, earlier ones {self.curves[-1].shape[1]} (same input size and "
                     "settings are needed)"
                 )
-            self.curves.append(curves.to(self.auc_sum))
-        self.auc_sum += auc.sum().to(self.auc_sum)
-        self.count += auc.numel()
+            self.curves.append(curves[~skipped].to(self.auc_sum))
+        self.auc_sum += auc[~skipped].sum().to(self.auc_sum)
+        self.count += int((~skipped).sum())
+        self.n_skipped += int(skipped.sum())
 
     def compute(self) -> Tensor | dict[str, Tensor]:
         """The mean AUC; with ``return_curves=True`` a dict ``{"auc": mean AUC, "curves": (N, J + 1)}``."""
+        warn_all_skipped(type(self).__name__, self.n_skipped, self.count, reason="a constant map")
         value = _perturbation_curve_compute(self.auc_sum, self.count)
         if self.return_curves:
             curves = dim_zero_cat(self.curves) if len(self.curves) else self.auc_sum.new_zeros(0, 0)
@@ -171,7 +176,9 @@ class DeletionAUC(_PerturbationCurve):
     Lower is better (a faithful map removes what the model uses first). Higher saliency means more important;
     I-GOS masks are "salient = low", so pass ``1 - M``. Step j perturbs ``x_j = x ⊙ (1 − U_j) + b ⊙ U_j``,
     ``U_j`` being the first ``n_j`` ranked cells upsampled bilinearly (align_corners=True) to the input.
-    States: ``auc_sum``, ``count`` (sum); optional ``curves`` (cat).
+    A constant map (the all-zero Grad-CAM of a model whose output ignores its input) ranks no cell above
+    another: its row is skipped and counted in ``n_skipped``. States: ``auc_sum``, ``count``, ``n_skipped``
+    (sum); optional ``curves`` (cat, one row per scored sample).
 """
         + _CURVE_ARGS
         + """
@@ -196,7 +203,8 @@ class InsertionAUC(_PerturbationCurve):
     Higher is better (a faithful map brings back what the model uses first). Higher saliency means more
     important; I-GOS masks are "salient = low", so pass ``1 - M``. Step j scores
     ``x_j = b ⊙ (1 − U_j) + x ⊙ U_j``, ``U_j`` being the first ``n_j`` ranked cells upsampled bilinearly
-    (align_corners=True) to the input. States: ``auc_sum``, ``count`` (sum); optional ``curves`` (cat).
+    (align_corners=True) to the input. A constant map is skipped and counted in ``n_skipped``. States:
+    ``auc_sum``, ``count``, ``n_skipped`` (sum); optional ``curves`` (cat, one row per scored sample).
 """
         + _CURVE_ARGS
         + """

@@ -371,10 +371,11 @@ def test_beam_sizes_and_no_set_is_scored_twice(two_routes):
     )
     for result in results:
         assert result.stats["beam_sizes"] and max(result.stats["beam_sizes"]) <= 2
-    clean_rows = x.shape[0]
+    clean_rows = 2 * x.shape[0]  # the clean pass scores every input and its baseline (the empty set)
     assert len(recorder.rows) == clean_rows + sum(r.stats["scored_sets"] for r in results)
     # distinct sets give distinct images here (nearest patches, no patch equal to the baseline)
-    assert len(set(recorder.rows)) == len(recorder.rows)
+    searched = recorder.rows[clean_rows:]
+    assert len(set(searched)) == len(searched)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -465,12 +466,15 @@ def test_explicit_target_and_stats():
     model = tiny_cnn()
     x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     results = StructuredAttentionGraph(model).explain(
-        x, target=[1, 2], grid_size=4, heuristic=torch.rand(2, 4, 4, dtype=torch.float64), max_root_size=3
+        x, target=[0, 2], grid_size=4, heuristic=torch.rand(2, 4, 4, dtype=torch.float64), max_root_size=3
     )
-    assert [r.target for r in results] == [1, 2]
+    assert [r.target for r in results] == [0, 2]  # image 0's target is not its prediction
     with torch.no_grad():
         probs = model(x).softmax(-1)
-    assert [r.p_full for r in results] == pytest.approx([float(probs[0, 1]), float(probs[1, 2])])
+        black = model(torch.zeros_like(x)).softmax(-1)
+    assert [r.p_full for r in results] == pytest.approx([float(probs[0, 0]), float(probs[1, 2])])
+    assert [r.stats["baseline_prob"] for r in results] == pytest.approx([float(black[0, 0]), float(black[1, 2])])
+    assert not results[0].stats["uninformative"]
     assert results[0].stats["heuristic_rows"] == 0 and results[0].stats["depth"] >= 1
     d = results[0].to_dict()
     import json

@@ -180,6 +180,7 @@ def _by_hand(model: ImageClassifier, dm: ShapesDataModule, split: str) -> dict[s
         pointing.update(maps, batch["mask"])
     return {
         "deletion": float(deletion.compute()),
+        "deletion_n_skipped": float(deletion.n_skipped),
         "pointing_game": float(pointing.compute()),
         "pointing_game_n_skipped": float(pointing.n_skipped),
     }
@@ -198,9 +199,10 @@ def test_logged_values_equal_the_metrics_computed_by_hand(tmp_path):
     run.test(model, dm, verbose=False)
     dm.setup("test")
     expected = _by_hand(model, dm, "test")
-    skipped = expected.pop("pointing_game_n_skipped")
+    skipped = {k: expected.pop(k) for k in ("deletion_n_skipped", "pointing_game_n_skipped")}
     assert callback.last_values == pytest.approx({f"xai/{k}": v for k, v in expected.items()}, abs=1e-5)
-    assert float(run.callback_metrics["xai/pointing_game_n_skipped"]) == skipped  # degenerate maps are logged
+    for key, count in skipped.items():  # degenerate maps are logged
+        assert float(run.callback_metrics[f"xai/{key}"]) == count
     csv = (Path(run.logger.log_dir) / "metrics.csv").read_text()
     assert "xai/deletion" in csv and "xai/pointing_game" in csv and "xai/pointing_game_n_skipped" in csv
 

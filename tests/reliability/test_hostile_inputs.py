@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import ast
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from torch import nn
 
 import lightning_xai
+from lightning_xai.attr import IGOS, StructuredAttentionGraph
+from lightning_xai.attr.registry import explain_batch
 from lightning_xai.cli import main
+from lightning_xai.explain import UninformativeExplanationWarning
 from lightning_xai.heads import load_mhex_checkpoint
+from lightning_xai.metrics import DeletionAUC, InsertionAUC
+from lightning_xai.metrics.functional import deletion_auc, insertion_auc
 from lightning_xai.models import UnsafeCheckpointError, safe_load, small_resnet
 from lightning_xai.modules import ComprehensiveAttribution, ImageClassifier
 
@@ -128,3 +135,99 @@ def test_no_unsafe_load_anywhere_in_the_package():
                     )
                     calls.append((os.path.relpath(path, PACKAGE), safe))
     assert calls == [("models/safe_load.py", True)]
+
+
+# -- 5. degenerate explanations are named, never passed off as real ones -----------------------------------------
+
+
+class IgnoresItsInput(nn.Module):
+    """A classifier whose logits do not depend on the image (its layers still run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = small_resnet(4, width=4)
+        self.bias = nn.Parameter(torch.tensor([0.1, 0.5, 0.2, 0.0]))
+
+    def forward(self, x):
+        return self.net(x) * 0 + self.bias
+
+
+FAST_ARGS = {
+    "igos": {"mask_size": 4, "n_iterations": 2},
+    "igos++": {"mask_size": 4, "n_iterations": 2},
+    "sag": {"grid_size": 4},
+}
+IMAGE_METHODS = ["gradcam", "integrated_gradients", "saliency", "igos", "igos++", "advise", "sag"]
+
+
+def _uninformative(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, UninformativeExplanationWarning)]
+
+
+# Saliency and Integrated Gradients of an all-zero image are not degenerate (the gradient differs by pixel).
+CASES = [(m, "model ignores its input") for m in IMAGE_METHODS]
+CASES += [(m, "all-zero input") for m in IMAGE_METHODS if m not in ("integrated_gradients", "saliency")]
+
+
+@pytest.mark.parametrize(("method", "case"), CASES)
+def test_every_method_names_the_images_it_cannot_explain(method, case):
+    torch.manual_seed(0)
+    if case == "model ignores its input":
+        model, x = IgnoresItsInput().eval(), torch.rand(2, 3, 32, 32)
+    else:
+        model, x = small_resnet(4, width=4).eval(), torch.zeros(2, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explain_batch(model, x, torch.tensor([1, 1]), method, attribute_args=FAST_ARGS.get(method, {}))
+    messages = _uninformative(caught)
+    assert len(messages) == 1, messages
+    assert "image(s) [0, 1]" in messages[0] and "2 of 2" in messages[0]
+
+
+def test_sag_does_not_search_an_image_whose_baseline_is_already_sufficient():
+    torch.manual_seed(0)
+    model, x = IgnoresItsInput().eval(), torch.rand(2, 3, 32, 32)
+    sag = StructuredAttentionGraph(model)
+    with pytest.warns(UninformativeExplanationWarning, match=r"image\(s\) \[0, 1\]"):
+        results = sag.explain(x, grid_size=4)
+    assert all(r.roots == [] and r.stats["uninformative"] and r.stats["depth"] == 0 for r in results)
+    with pytest.warns(UninformativeExplanationWarning):
+        maps = sag.attribute(x, grid_size=4)
+    assert maps.abs().max() == 0  # no "root" of background patches is shown as an explanation
+
+
+def test_an_informative_batch_gives_no_warning():
+    torch.manual_seed(0)
+    model, x = small_resnet(4, width=4).eval(), torch.rand(2, 3, 32, 32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        explain_batch(model, x, torch.tensor([1, 1]), "saliency")
+        explain_batch(model, x, torch.tensor([1, 1]), "igos", attribute_args=FAST_ARGS["igos"])
+    assert _uninformative(caught) == []
+
+
+def test_deletion_and_insertion_skip_constant_maps():
+    torch.manual_seed(0)
+    model, x = small_resnet(4, width=4).eval(), torch.rand(3, 3, 16, 16)
+    maps = torch.rand(3, 16, 16)
+    maps[1] = 0.0  # the all-zero map of a degenerate explanation
+    for metric_class, functional in ((DeletionAUC, deletion_auc), (InsertionAUC, insertion_auc)):
+        metric = metric_class(model, resolution=4, return_curves=True)
+        metric.update(x, maps, target=0)
+        scored = metric_class(model, resolution=4)
+        scored.update(x[[0, 2]], maps[[0, 2]], target=0)
+        assert int(metric.n_skipped) == 1 and int(metric.count) == 2
+        assert metric.compute()["auc"] == scored.compute() and metric.compute()["curves"].shape[0] == 2
+        with pytest.warns(UserWarning, match=r"1 of 3 maps are constant \(rows \[1\]\)"):
+            per_sample = functional(model, x, maps, 0, resolution=4, reduction="none")
+        assert per_sample[1].isnan() and not per_sample[[0, 2]].isnan().any()
+        only_constant = metric_class(model, resolution=4)
+        only_constant.update(x[:1], torch.zeros(1, 16, 16), target=0)
+        with pytest.warns(UserWarning, match="all 1 rows were skipped"):
+            assert only_constant.compute().isnan()
+
+
+def test_an_igos_mask_finer_than_the_image_is_an_error():
+    model = small_resnet(4, width=4).eval()
+    with pytest.raises(ValueError, match=r"`mask_size` \(28, 28\) is finer than the 8×8 inputs"):
+        IGOS(model).attribute(torch.rand(1, 3, 8, 8), target=0)

@@ -22,10 +22,12 @@ from ..._checks import (
 )
 from ...explain import (
     Normalization,
+    constant_rows,
     preserved_state,
     require_grad_mode,
     resolve_normalization,
     warn_if_training,
+    warn_uninformative,
 )
 from ...explain.avx import (
     AVX_KEYS,
@@ -363,6 +365,7 @@ class ADVISE(LayerAttribution):
             if upsample:
                 selected = upsample_maps(selected, tuple(x.shape[-2:]))
             attributions = selected.to(x.dtype)
+            warn_uninformative("ADVISE", constant=constant_rows(attributions))
             if not return_details:
                 return attributions
 

@@ -13,17 +13,20 @@ from torch import Tensor
 from ..._checks import check_flag, check_inputs_on_model_device, format_target
 from ...explain import (
     Normalization,
+    constant_rows,
     make_baseline,
     preserved_state,
     require_grad_mode,
+    unchanged_rows,
     upsample_mask,
     warn_if_training,
+    warn_uninformative,
 )
 from ...models import LogitsForward, forward_module
 from .._base import NormalizedAttribution
 from .._common import (
     check_baselines_not_target,
-    clean_scores,
+    clean_and_baseline_scores,
     format_additional_forward_args,
     format_inputs,
     format_output,
@@ -138,6 +141,12 @@ class _IGOSBase(NormalizedAttribution, GradientAttribution):
         check_flag("return_mask", return_mask)
         check_flag("show_progress", show_progress)
         size = options.mask_size
+        if size[0] > x.shape[-2] or size[1] > x.shape[-1]:
+            raise ValueError(
+                f"`mask_size` {size} is finer than the {x.shape[-2]}×{x.shape[-1]} inputs: a mask cell would be "
+                f"smaller than a pixel; pass at most ({x.shape[-2]}, {x.shape[-1]}) (the references use 28 on "
+                "224 px, cells of 8 pixels)"
+            )
         variant = "igos" if type(options) is IGOSOptions else "igos+" if options.single_mask else "igos++"
         batch = x.shape[0]
         format_target(target, batch, None, x.device)
@@ -164,9 +173,10 @@ class _IGOSBase(NormalizedAttribution, GradientAttribution):
                 # gradients are taken with respect to the masks only; frozen parameters save the autograd
                 # bookkeeping of every weight (preserved_state puts the flags back)
                 module.requires_grad_(False)
-            labels, clean = clean_scores(
+            labels, clean, at_baseline = clean_and_baseline_scores(
                 forward,
                 x,
+                baseline,
                 target,
                 extra,
                 score=options.score,
@@ -211,6 +221,9 @@ class _IGOSBase(NormalizedAttribution, GradientAttribution):
             )
         result = objective.result_mask(masks).detach()
         attribution = (1 - upsample_mask(result, tuple(x.shape[-2:]))).clamp_(0, 1).expand_as(x).contiguous()
+        warn_uninformative(
+            type(self).__name__, unchanged=unchanged_rows(clean, at_baseline), constant=constant_rows(result)
+        )
         output = format_output(is_tuple, (attribution,))
         return (output, result) if return_mask else output
 

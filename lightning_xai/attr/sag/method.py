@@ -23,12 +23,19 @@ from ..._checks import (
     describe,
     format_target,
 )
-from ...explain import Normalization, preserved_state, warn_if_training
+from ...explain import (
+    Normalization,
+    UninformativeExplanationWarning,
+    preserved_state,
+    unchanged_rows,
+    warn_if_training,
+    warn_uninformative,
+)
 from ...models import LogitsForward, forward_module
 from .._base import NormalizedAttribution
 from .._common import (
     check_baselines_not_target,
-    clean_scores,
+    clean_and_baseline_scores,
     format_additional_forward_args,
     format_inputs,
     format_output,
@@ -133,7 +140,8 @@ class StructuredAttentionGraph(NormalizedAttribution, PerturbationAttribution):
         empty = []
         for i, result in enumerate(results):
             if not result.roots:
-                empty.append(i)
+                if not result.stats.get("uninformative"):  # those were named by `explain`'s warning
+                    empty.append(i)
                 continue
             masks = patch_masks(
                 result.roots,
@@ -263,9 +271,17 @@ class StructuredAttentionGraph(NormalizedAttribution, PerturbationAttribution):
         with preserved_state(module):
             forward = LogitsForward(self._counter)
             with torch.no_grad():
-                labels, p_full = clean_scores(
-                    forward, x, target, extra, internal_batch_size=internal_batch_size
+                labels, p_full, p_baseline = clean_and_baseline_scores(
+                    forward, x, baseline, target, extra, internal_batch_size=internal_batch_size
                 )
+            # Showing nothing already keeps the score above τ·p_full: every patch (even one of the background)
+            # would be a "sufficient" root and the graph would explain nothing, so these images are not searched.
+            unchanged = unchanged_rows(p_full, p_baseline)
+            baseline_sufficient = (p_baseline > tau * p_full) & ~unchanged
+            uninformative = (unchanged | baseline_sufficient).tolist()
+            warn_uninformative(
+                type(self).__name__, unchanged=unchanged, baseline_sufficient=baseline_sufficient
+            )
             self._counter.rows = 0
             importance = self._importance(
                 heuristic,
@@ -286,7 +302,9 @@ class StructuredAttentionGraph(NormalizedAttribution, PerturbationAttribution):
             p_full_list = p_full.tolist()
             rankings = torch.sort(importance.flatten(1), dim=1, descending=True, stable=True).indices.tolist()
             searches = [
-                _Search(image=i, threshold=tau * p_full_list[i], ranking=tuple(rankings[i]))
+                _Search(
+                    image=i, threshold=tau * p_full_list[i], ranking=tuple(rankings[i]), done=uninformative[i]
+                )
                 for i in range(batch)
             ]
             with torch.no_grad():
@@ -339,6 +357,8 @@ class StructuredAttentionGraph(NormalizedAttribution, PerturbationAttribution):
                     image=display[i],
                     patch_interpolation=patch_interpolation,
                     stats={
+                        "baseline_prob": float(p_baseline[i]),
+                        "uninformative": uninformative[i],
                         "scored_sets": len(scorer.caches[i]),
                         "heuristic_rows": heuristic_rows / batch,
                         "forward_calls": scorer.calls,
@@ -405,13 +425,16 @@ class StructuredAttentionGraph(NormalizedAttribution, PerturbationAttribution):
             return F.adaptive_avg_pool2d(values.detach().to(x.dtype), grid_size)[:, 0]
         fixed = {"mask_size": grid_size, "seed": seed, "internal_batch_size": internal_batch_size}
         options = _IGOS_ORDERING.replace(**heuristic_kwargs, **fixed)
-        _, mask = self._igos.attribute(
-            x,
-            baselines=baseline,
-            target=labels,
-            additional_forward_args=extra if extra else None,
-            options=options,
-            return_mask=True,
-        )
+        with warnings.catch_warnings():
+            # the search's own check (in `explain`) names these images already
+            warnings.simplefilter("ignore", UninformativeExplanationWarning)
+            _, mask = self._igos.attribute(
+                x,
+                baselines=baseline,
+                target=labels,
+                additional_forward_args=extra if extra else None,
+                options=options,
+                return_mask=True,
+            )
         # the ranking is by ascending mask value: most salient (most deleted) first
         return (1 - mask[:, 0]).detach()

@@ -34,7 +34,9 @@ class SAGResult:
         image: (C, H, W) display image (de-normalised when ``normalization`` was given), on CPU.
         patch_interpolation: how patch indicators were upsampled (``"bilinear"`` or ``"nearest"``).
         stats: ``scored_sets`` (model rows of this image's search, each a distinct set), ``heuristic_rows``,
-            ``forward_calls`` (model calls of the whole batch), ``depth``, ``beam_sizes``.
+            ``forward_calls`` (model calls of the whole batch), ``depth``, ``beam_sizes``, ``baseline_prob`` (the
+            target's probability on the baseline alone) and ``uninformative`` (True when the baseline alone is
+            already sufficient, or scores as the image does: such an image is not searched and has no roots).
     """
 
     target: int

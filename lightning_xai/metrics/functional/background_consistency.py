@@ -141,7 +141,12 @@ def score_consistency(
     with preserved_state(module, eval_mode=True), torch.enable_grad():
         # one forward gives the clean map and the attack's first gradient (unless the attack starts at random)
         if options.random_start or options.steps == 0:
-            heat, first_gradient = grad_cam(model, inputs, target, layer, upsample=True, normalize=True), None
+            heat, first_gradient = (
+                grad_cam(
+                    model, inputs, target, layer, upsample=True, normalize=True, warn_uninformative_maps=False
+                ),
+                None,
+            )
         else:
             heat, first_gradient = grad_cam_and_input_gradient(model, inputs, target, layer)
         foreground = heat >= options.fg_threshold
@@ -166,7 +171,9 @@ def score_consistency(
             eval_mode=True,
             initial_gradient=first_gradient,
         )
-        heat_attacked = grad_cam(model, attacked, target, layer, upsample=True, normalize=True)
+        heat_attacked = grad_cam(
+            model, attacked, target, layer, upsample=True, normalize=True, warn_uninformative_maps=False
+        )
         agree = None
         if options.prediction_agreement:
             with torch.no_grad():

@@ -8,6 +8,7 @@ protocols are in ``curve_settings``; Average Drop and Increase in Confidence in 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from ..._checks import (
     check_internal_batch_size,
     format_target,
 )
-from ...explain import make_baseline
+from ...explain import constant_rows, make_baseline
 from ...explain.baselines import BaselineSpec
 from ...models import check_logits
 from ...models.scoring import Score, scores_from_logits
@@ -85,23 +86,55 @@ def _perturbation_curve_update(
     force_eval: bool = True,
     internal_batch_size: int = 128,
     with_start: bool = False,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Score every perturbed input of a batch and integrate the curves.
 
     The B × J' perturbed inputs (J' = J steps, plus the unperturbed start when ``with_start`` or the
     integration is the trapezoid) are built chunk by chunk and scored in ``ceil(B J' / internal_batch_size)``
-    model calls; ``target=None`` adds ``ceil(B / internal_batch_size)`` calls on the clean inputs.
+    model calls; ``target=None`` adds ``ceil(B / internal_batch_size)`` calls on the clean inputs. A constant
+    map ranks no cell above another (its curve would only follow the cells' index order): its row is skipped,
+    costs no model call, and gets NaN.
 
-    Returns the per-sample AUC (B,) and the curves (B, J') in step order; their first column is the start
-    (n_0 = 0) exactly when J' = J + 1.
+    Returns the per-sample AUC (B,), the curves (B, J') in step order (their first column is the start,
+    n_0 = 0, exactly when J' = J + 1) and the (B,) skipped rows.
     """
     check_in_choices("score", score, ("softmax", "logit"))
     check_internal_batch_size(internal_batch_size, allow_none=False)
     inputs, maps = check_inputs_and_maps(inputs, attributions, channel_reduction)
-    batch, _, height, width = inputs.shape
-    formatted = format_target(target, batch, None, inputs.device)
+    formatted = format_target(target, inputs.shape[0], None, inputs.device)
     forward, module = forward_of(forward_func)
     check_inputs_on_model_device("inputs", inputs, module)
+    skipped = constant_rows(maps)
+    if bool(skipped.any()):
+        kept = ~skipped
+        auc, curves = _curves(
+            forward, module, inputs[kept], maps[kept], None if formatted is None else formatted[kept],
+            settings, score, force_eval, internal_batch_size, with_start,
+        )  # fmt: skip
+        full_auc = auc.new_full((inputs.shape[0],), float("nan")).masked_scatter_(kept, auc)
+        full_curves = curves.new_full((inputs.shape[0], curves.shape[1]), float("nan"))
+        full_curves[kept] = curves
+        return full_auc, full_curves, skipped
+    auc, curves = _curves(
+        forward, module, inputs, maps, formatted, settings, score, force_eval, internal_batch_size, with_start
+    )
+    return auc, curves, skipped
+
+
+def _curves(
+    forward: Callable[..., Any],
+    module: torch.nn.Module | None,
+    inputs: Tensor,
+    maps: Tensor,
+    formatted: Tensor | None,
+    settings: CurveSettings,
+    score: Score,
+    force_eval: bool,
+    internal_batch_size: int,
+    with_start: bool,
+) -> tuple[Tensor, Tensor]:
+    """The AUC (B,) and curves (B, J') of rows whose maps rank their cells."""
+    batch, _, height, width = inputs.shape
 
     grid = _ranking_grid(maps, settings.resolution, (height, width))
     grid_size = tuple(grid.shape[-2:])
@@ -110,6 +143,9 @@ def _perturbation_curve_update(
     num_steps = counts.numel() - 1
     first = 0 if (with_start or settings.integration == "trapezoid") else 1
     points = num_steps + 1 - first
+    if batch == 0:  # every row was skipped
+        curves = at_least_float32(inputs.new_zeros(0, points))
+        return curves[:, 0], curves
 
     with model_context(module, force_eval), torch.no_grad():
         if formatted is None:
@@ -233,7 +269,7 @@ def _curve_functional(
     settings = curve_settings(
         mode, preset, resolution, cells_per_step, baseline, blur_kernel, blur_sigma, integration
     )
-    auc, curves = _perturbation_curve_update(
+    auc, curves, skipped = _perturbation_curve_update(
         forward_func,
         inputs,
         attributions,
@@ -245,10 +281,20 @@ def _curve_functional(
         internal_batch_size=internal_batch_size,
         with_start=return_curves,
     )
+    rows = torch.nonzero(skipped).flatten().tolist()
+    if rows:
+        where = "are NaN" if reduction == "none" else "are left out of the mean (NaN when every row is)"
+        warnings.warn(
+            f"{mode}_auc: {len(rows)} of {skipped.numel()} maps are constant (rows {rows}): they rank no cell "
+            f"above another, so they were skipped and their AUCs {where}",
+            UserWarning,
+            stacklevel=3,
+        )
     if reduction == "none":
         value = auc
     else:
-        value = _perturbation_curve_compute(auc.sum(), torch.tensor(auc.numel(), device=auc.device))
+        kept = ~skipped
+        value = _perturbation_curve_compute(auc[kept].sum(), kept.sum())
     if return_curves:
         return {"auc": value, "curves": curves}
     return value

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..._checks import check_in_choices, check_positive, describe
+from ...explain import constant_rows
 from .._common import (
     ChannelReduction,
     acc_dtype,
@@ -85,8 +86,7 @@ def _informative(maps: Tensor) -> Tensor:
     """(B,) rows whose map is not constant. A constant map (every pixel equal, as the all-zero Grad-CAM of an
     untrained model) says nothing about where the object is: every localisation metric skips it and counts it
     in ``n_skipped`` instead of scoring it."""
-    flat = maps.flatten(1)
-    return flat.amin(1) < flat.amax(1)
+    return ~constant_rows(maps)
 
 
 # --------------------------------------------------------------------------------------------------------------
