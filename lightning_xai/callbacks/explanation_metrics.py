@@ -65,6 +65,11 @@ class ExplanationMetrics(AttributionCallback):
     to a single-process run over the same samples. Explaining needs gradients: create the Trainer with
     ``inference_mode=False``.
 
+    It explains images, (B, C, H, W) tensors. A run it cannot explain (a text model, token batches, an unknown
+    layer, batches without the labels or masks the metrics need) is refused with a ``ValueError`` before the first
+    training step; what only shows in a validation batch after training started is one warning, and the callback
+    then does nothing for the rest of the run (it never ends the training).
+
     Args:
         metrics: short names (see :data:`lightning_xai.metrics.registry.METRIC_NAMES`), classes, dotted paths, ``{"class_path", "init_args"}``
             mappings or Metric instances; a list, or a mapping from the logged name to one of these.
@@ -128,6 +133,22 @@ class ExplanationMetrics(AttributionCallback):
         self.metrics = MetricCollection(built, compute_groups=False).to(pl_module.device)
         # what each metric's update takes, read once instead of on every batch
         self._wanted = {name: set(inspect.signature(m.update).parameters) for name, m in built.items()}
+        super().setup(trainer, pl_module, stage)  # refuses what cannot be explained, before any step
+
+    def explains_during(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def wants_batch(self) -> bool:
+        return self.max_batches is None or self._batches < self.max_batches
+
+    def batch_problem(self, batch: Any, evaluation: bool) -> str | None:
+        problem = super().batch_problem(batch, evaluation)
+        if problem is None and evaluation and self.read_batch(batch).mask is None:
+            needing = sorted(name for name, wanted in self._wanted.items() if "masks" in wanted)
+            if needing:
+                wants = ", ".join(f"metric {name!r} needs ground-truth masks" for name in needing)
+                problem = f"{wants}, but the batches have no `mask`"
+        return problem
 
     # --------------------------------------------------------------------------------------------- the loops
 
@@ -138,7 +159,7 @@ class ExplanationMetrics(AttributionCallback):
             self._batches = 0
 
     def _update(self, pl_module: L.LightningModule, batch: Any, stage: str, dataloader_idx: int) -> None:
-        if stage not in self.stages or dataloader_idx != 0:
+        if stage not in self.stages or dataloader_idx != 0 or self.skip_reason:
             return
         if self.max_batches is not None and self._batches >= self.max_batches:
             return
@@ -162,7 +183,7 @@ class ExplanationMetrics(AttributionCallback):
             metric.update(**{k: v for k, v in given.items() if k in wanted})
 
     def _end(self, pl_module: L.LightningModule, stage: str) -> None:
-        if stage not in self.stages:
+        if stage not in self.stages or self.skip_reason:
             return
         values = {f"{self.prefix}{name}": value for name, value in self.metrics.compute().items()}
         # computed values are already reduced over processes: log them as they are

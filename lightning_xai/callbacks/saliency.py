@@ -27,6 +27,11 @@ class SaliencyMapLogger(AttributionCallback):
     once and kept, so successive images compare like with like. Only global rank zero explains and logs.
     Explaining needs gradients: create the Trainer with ``inference_mode=False``.
 
+    It explains images, (B, C, H, W) tensors. A run it cannot explain (a text model, token batches, an unknown
+    layer, validation batches without labels for ``target="label"``) is refused with a ``ValueError`` before the
+    first training step; what only shows in a validation batch after training started is one warning, and the
+    callback then does nothing for the rest of the run (it never ends the training).
+
     Args:
         method, method_args, attribute_args, layer, target, batch_adapter: see
             :class:`~lightning_xai.callbacks._attribution.AttributionCallback` (default: Grad-CAM of the label
@@ -74,6 +79,9 @@ class SaliencyMapLogger(AttributionCallback):
 
     # ------------------------------------------------------------------------------------------------ collect
 
+    def wants_batch(self) -> bool:
+        return self._samples is None
+
     def on_validation_batch_end(
         self,
         trainer: L.Trainer,
@@ -83,7 +91,7 @@ class SaliencyMapLogger(AttributionCallback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._samples is not None or dataloader_idx != 0 or trainer.sanity_checking:
+        if self._samples is not None or dataloader_idx != 0 or trainer.sanity_checking or self.skip_reason:
             return
         parts = self.read_batch(batch)
         have = sum(b.inputs.shape[0] for b in self._collecting)
@@ -116,7 +124,7 @@ class SaliencyMapLogger(AttributionCallback):
         return trainer.current_epoch % self.every_n_epochs == 0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not self._due(trainer):
+        if trainer.sanity_checking or not self._due(trainer) or self.skip_reason:
             return
         if self._samples is None and self._collecting:
             self._finish_collecting()  # fewer validation samples than num_samples

@@ -8,8 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..._checks import check_inputs_on_model_device, check_nonempty_batch
 from ...attr.xnn import XNNConceptAttribution
 from ...explain import preserved_state
+from ...models import layer_name, resolve_layer
 from .concepts import ConceptModel
 
 
@@ -38,14 +40,40 @@ class _ConceptExplanations:
         ``method_kwargs`` go to :meth:`~lightning_xai.attr.IGOS.attribute`), or a callable
         ``(inputs, target) -> maps``. Runs in eval mode; the module's state is restored afterwards.
         """
+        layer = self.hparams.heatmap_layer if layer is None else layer
         with preserved_state(self, eval_mode=True):
+            if method == "gradcam" and isinstance(images, Tensor) and images.ndim == 4:
+                self._check_heatmap_layer(images, layer)
             attribution = XNNConceptAttribution(self.concept_model())
             return attribution.attribute(
                 images,
                 method=method,
-                layer=self.hparams.heatmap_layer if layer is None else layer,
+                layer=layer,
                 internal_batch_size=internal_batch_size,
                 **method_kwargs,
+            )
+
+    @torch.no_grad()
+    def _check_heatmap_layer(self, images: Tensor, layer: str | int | nn.Module) -> None:
+        """Grad-CAM needs a layer that the concepts depend on: one that runs before the feature tap. With an
+        earlier tap (e.g. ``layer="layer3"``) the default last stage runs after it, and autograd would only say
+        that the layer "appears to not have been used in the graph"; one image's forward tells."""
+        check_nonempty_batch("images", images)
+        check_inputs_on_model_device("images", images, self.backbone)
+        module = layer if isinstance(layer, nn.Module) else resolve_layer(self.backbone, layer)
+        after_tap: list[bool] = []
+        # registered before the tap's own hook, so that the tapped layer itself counts as before the tap
+        handle = module.register_forward_hook(lambda *_: after_tap.append(self._tap.value is not None))
+        try:
+            with self._tap.capturing():
+                self.backbone(images[:1])
+        finally:
+            handle.remove()
+        if after_tap and all(after_tap):
+            raise ValueError(
+                f"the heatmap layer {layer_name(self.backbone, module)!r} runs after the XNN's feature layer "
+                f"{layer_name(self.backbone, self._tap.module)!r}, so the concepts do not depend on it; pass "
+                "`layer=` (or `heatmap_layer=`) naming a spatial layer at or before the feature layer"
             )
 
     def concept_order(self, head: int = 0) -> Tensor:

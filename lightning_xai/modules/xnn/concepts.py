@@ -9,15 +9,19 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..._checks import describe
+from ...heads import MHEXHeads
 from .network import XNNNetwork
 
 __all__ = ["ConceptModel", "pool_features"]
 
 
 def _final_linear(model: nn.Module) -> nn.Module:
+    # MHEX heads are registered after the backbone's own layers, so the last nn.Linear in registration order is
+    # a head's classifier, whose input (gated, pooled stage features) no longer feeds the backbone's logits.
+    injected = {id(m) for heads in model.modules() if isinstance(heads, MHEXHeads) for m in heads.modules()}
     found = None
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and id(module) not in injected:
             found = module
     if found is None:
         raise ValueError(
@@ -88,4 +92,4 @@ class ConceptModel(nn.Module):
     def forward(self, inputs: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         with self._tap.capturing() as tap:
             self.model(inputs, *args, **kwargs)
-        return self.network.encode(tap.features().float())
+        return self.network.encode(tap.features().to(self.network.dtype))

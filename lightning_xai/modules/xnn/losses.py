@@ -16,8 +16,18 @@ PullAwayMode = Literal["images", "features"]
 _PT_OFFSET = 1e-8
 
 
+def _loss_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype the losses are computed in: float32, or float64 when an input is float64 (half-precision
+    features are promoted; double-precision ones are not rounded down)."""
+    dtype = torch.float32
+    for tensor in tensors:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype
+
+
 def prediction_loss(prediction: Tensor, target: Tensor) -> Tensor:
-    """``mean_n (ŷ_n − y_n)²`` over every entry, in float32; the two tensors must have the same shape.
+    """``mean_n (ŷ_n − y_n)²`` over every entry, in float32 (float64 for float64 inputs); the two tensors must have
+    the same shape.
 
     Nothing is broadcast: a (B,) target against a (B, 1) prediction is a ``ValueError``, not a (B, B) matrix.
 
@@ -35,7 +45,8 @@ def prediction_loss(prediction: Tensor, target: Tensor) -> Tensor:
             f"the XNN prediction and its target must have the same shape (B, n_out); got prediction "
             f"{tuple(prediction.shape)} and target {tuple(target.shape)}. Reshape explicitly (nothing is broadcast)"
         )
-    return (prediction.float() - target.float()).pow(2).mean()
+    dtype = _loss_dtype(prediction, target)
+    return (prediction.to(dtype) - target.to(dtype)).pow(2).mean()
 
 
 def sparse_reconstruction_loss(reconstruction: Tensor, features: Tensor, q: float = 100.0) -> Tensor:
@@ -58,7 +69,8 @@ def sparse_reconstruction_loss(reconstruction: Tensor, features: Tensor, q: floa
             f"{tuple(reconstruction.shape)} and {tuple(features.shape)}"
         )
     check_positive("q", q)
-    per_dim = (reconstruction.float() - features.float()).pow(2).mean(0)
+    dtype = _loss_dtype(reconstruction, features)
+    per_dim = (reconstruction.to(dtype) - features.to(dtype)).pow(2).mean(0)
     return torch.log1p(q * per_dim).mean()
 
 
@@ -78,7 +90,7 @@ def pull_away_term(z: Tensor, mode: PullAwayMode = "images") -> Tensor:
     check_in_choices("mode", mode, ("images", "features"))
     if not isinstance(z, Tensor) or z.ndim != 2:
         raise ValueError(f"`z` must be an (N, k) tensor, got {describe(z)}")
-    rows = z.float() if mode == "images" else z.float().t()
+    rows = z.to(_loss_dtype(z)) if mode == "images" else z.to(_loss_dtype(z)).t()
     n = rows.shape[0]
     if n < 2:
         raise ValueError(

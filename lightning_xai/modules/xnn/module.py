@@ -22,7 +22,14 @@ from ._dist import _all_reduce, _broadcast_from_rank_zero
 from ._explanations import _ConceptExplanations
 from ._helpers import _centre_biases, _epochs, _layer_width, _resolve_targets
 from .concepts import _FeatureTap, _final_linear
-from .losses import _PT_OFFSET, PullAwayMode, prediction_loss, pull_away_term, sparse_reconstruction_loss
+from .losses import (
+    _PT_OFFSET,
+    PullAwayMode,
+    _loss_dtype,
+    prediction_loss,
+    pull_away_term,
+    sparse_reconstruction_loss,
+)
 from .network import _IDENTITY, _RELU, _UNDECIDED, DecoderActivation, XNNNetwork
 
 __all__ = ["XNN"]
@@ -217,10 +224,11 @@ class XNN(_ConceptExplanations, L.LightningModule):
     @torch.no_grad()
     def features_and_targets(self, inputs: Tensor, **kwargs: Any) -> tuple[Tensor, Tensor]:
         """The pooled features ``x`` (B, D) and the explained logits ``y`` (B, n_out) from one backbone forward,
-        both float32 and without gradients."""
+        both in the dtype of the XNN's parameters (``self.network.dtype``) and without gradients."""
         with self._tap.capturing() as tap:
             logits = logits_of(self.backbone(inputs, **kwargs))
-        features = tap.features().float()
+        dtype = self.network.dtype
+        features = tap.features().to(dtype)
         if features.shape[1] != self.feature_dim:
             raise ValueError(
                 f"the tapped features have {features.shape[1]} dimensions, the XNN expects {self.feature_dim}"
@@ -229,7 +237,7 @@ class XNN(_ConceptExplanations, L.LightningModule):
             raise ValueError(
                 f"the backbone must return (B, K) logits with K > {int(self.targets.max())}, got {describe(logits)}"
             )
-        return features, logits.float().index_select(1, self.targets)
+        return features, logits.to(dtype).index_select(1, self.targets)
 
     def forward(self, inputs: Tensor, **kwargs: Any) -> Tensor:
         """The XNN's prediction ŷ (B, n_out) of the explained logit(s)."""
@@ -272,9 +280,11 @@ class XNN(_ConceptExplanations, L.LightningModule):
         batch = x.shape[0]
         need = batch if hp.pt_mode == "images" else self.num_concepts
         if need >= 2:
-            weight = self.network.head.weight.float()
+            dtype = _loss_dtype(h)
+            weight = self.network.head.weight.to(dtype)
             pull = sum(
-                pull_away_term(h.float() * weight[c] + _PT_OFFSET, hp.pt_mode) for c in range(weight.shape[0])
+                pull_away_term(h.to(dtype) * weight[c] + _PT_OFFSET, hp.pt_mode)
+                for c in range(weight.shape[0])
             )
         else:
             warnings.warn(
@@ -352,6 +362,9 @@ class XNN(_ConceptExplanations, L.LightningModule):
         for i, batch in enumerate(loader):
             if i >= limit:
                 break
+            # as the fit loop does: "64-true" / "bf16-true" convert the inputs to the module's dtype
+            batch = trainer.precision_plugin.convert_input(batch)
+            batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
             batch = trainer.strategy.batch_to_device(batch, self.device)
             yield self._split(batch)
 

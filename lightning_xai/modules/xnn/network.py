@@ -68,6 +68,11 @@ class XNNNetwork(nn.Module):
     def num_concepts(self) -> int:
         return self.dims[-1]
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the parameters: the tapped features are cast to it (``.double()``, ``.half()`` follow)."""
+        return self.head.weight.dtype
+
     def encode(self, x: Tensor) -> Tensor:
         """The concepts ``h ≥ 0`` (B, k)."""
         for i, layer in enumerate(self.encoder):
