@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .attr.registry import METHOD_NAMES
-from .callbacks.writer import ExplanationWriter
+from .callbacks.writer import ExplanationWriter, FolderLock, OutputFolderBusyError
 from .data import ShapesDataset
 from .data.folder import ImageFolderDataset
 from .heads import load_mhex_checkpoint
@@ -35,7 +37,9 @@ def build_explain_parser() -> ArgumentParser:
             "exactly once, and running the same command again resumes an interrupted run: a file whose path, "
             "size and content and whose settings (model, method and its arguments, target, image size, ...) "
             "match a finished record is skipped, new or changed files are explained. A folder written with "
-            "other settings is refused unless --overwrite replaces its results."
+            "other settings is refused unless --overwrite replaces its results. One run at a time writes a "
+            "folder: a second run on the same --out is refused with the details of the first (or waits for it "
+            "with --wait true); a lock left by a killed run is taken over."
         ),
         default_env=False,
     )
@@ -58,6 +62,13 @@ def build_explain_parser() -> ArgumentParser:
     source.add_argument("--num_classes", type=int, default=4, help="classes of --model")
     data = parser.add_argument_group("data")
     data.add_argument("--images", type=str | None, default=None, help="a folder of images (default: shapes)")
+    data.add_argument(
+        "--follow_links",
+        type=bool,
+        default=False,
+        help="read the files and folders that symbolic links in --images lead to outside it (default: such "
+        "links are skipped and listed as unreadable; links inside --images are read once, under the real name)",
+    )
     data.add_argument("--image_size", type=int, default=48, help="images are resized to this side")
     data.add_argument("--mean", type=list[float] | None, default=None, help="per-channel mean to normalise")
     data.add_argument("--std", type=list[float] | None, default=None, help="per-channel std to normalise")
@@ -83,6 +94,19 @@ def build_explain_parser() -> ArgumentParser:
         type=bool,
         default=False,
         help="replace the results of --out when they were made with other settings",
+    )
+    parser.add_argument(
+        "--wait",
+        type=bool,
+        default=False,
+        help="when another run is writing --out (it holds --out/explain.lock), wait for it to end instead of "
+        "refusing; then resume: what it finished is not explained again",
+    )
+    parser.add_argument(
+        "--wait_timeout",
+        type=float | None,
+        default=None,
+        help="with --wait true: give up (and refuse) after this many seconds (default: no limit)",
     )
     parser.add_class_arguments(L.Trainer, "trainer", skip={"callbacks", "logger", "inference_mode"})
     parser.set_defaults({"trainer.enable_model_summary": False, "trainer.accelerator": "auto"})
@@ -113,9 +137,13 @@ def load_model(checkpoint: str | None, module_class: str, model: str | None, num
     return build_model(model, num_classes).eval()
 
 
-def build_dataset(images: str | None, image_size: int, mean, std, num_samples: int, seed: int) -> Dataset:
+def build_dataset(
+    images: str | None, image_size: int, mean, std, num_samples: int, seed: int, follow_links: bool = False
+) -> Dataset:
     if images is not None:
-        return ImageFolderDataset(images, image_size=image_size, mean=mean, std=std)
+        return ImageFolderDataset(
+            images, image_size=image_size, mean=mean, std=std, follow_links=follow_links
+        )
     return ShapesDataset(num_samples=num_samples, image_size=image_size, seed=seed, split="test")
 
 
@@ -173,13 +201,18 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 def run_explain(argv: Sequence[str]) -> int:
     parser = build_explain_parser()
     args = parser.parse_args(list(argv))
+    if args.wait_timeout is not None and not (args.wait and 0 < args.wait_timeout < math.inf):
+        parser.error(
+            f"--wait_timeout takes a positive number of seconds, with --wait true; got {args.wait_timeout} "
+            f"with --wait {str(args.wait).lower()}"
+        )
     torch.manual_seed(
         args.seed
     )  # a --model built with random weights is the same network on every rank and run
     try:
         model = load_model(args.checkpoint, args.module_class, args.model, args.num_classes)
         dataset = build_dataset(
-            args.images, args.image_size, args.mean, args.std, args.num_samples, args.seed
+            args.images, args.image_size, args.mean, args.std, args.num_samples, args.seed, args.follow_links
         )
         explainer = Explainer(
             model,
@@ -203,21 +236,39 @@ def run_explain(argv: Sequence[str]) -> int:
         settings=run_settings(args),
         overwrite=args.overwrite,
     )
+    # held by the launching process (global rank zero) from the settings check to metrics.json; the processes a
+    # distributed launch starts belong to its run and do not lock
+    lock = FolderLock(args.out, command=shlex.join(["lightning-xai", "explain", *argv]))
     try:
-        pending = writer.pending(len(dataset))
-    except ValueError as error:
+        lock.acquire(wait=args.wait, timeout=args.wait_timeout)
+    except OutputFolderBusyError as error:
         parser.error(str(error))
-    trainer_args = {k: v for k, v in vars(args.trainer).items()}
-    trainer = L.Trainer(**trainer_args, callbacks=[writer], logger=False, inference_mode=False)
-    if pending:
-        loader = DataLoader(Subset(dataset, pending), batch_size=args.batch_size, collate_fn=_collate)
-        trainer.predict(explainer, loader, return_predictions=False)
-    if trainer.is_global_zero:
-        summary = writer.summarise()
-        done = len(dataset) - len(pending)
-        print(
-            json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2)
-            + f"\n{len(pending)} explained now, {done} already done, {len(unreadable)} unreadable skipped; "
-            f"wrote {args.out}/metrics.json"
-        )
+    try:
+        try:
+            pending = writer.pending(len(dataset))
+        except ValueError as error:
+            parser.error(str(error))
+        trainer_args = {k: v for k, v in vars(args.trainer).items()}
+        trainer = L.Trainer(**trainer_args, callbacks=[writer], logger=False, inference_mode=False)
+        if pending:
+            loader = DataLoader(Subset(dataset, pending), batch_size=args.batch_size, collate_fn=_collate)
+            trainer.predict(explainer, loader, return_predictions=False)
+        if trainer.is_global_zero:
+            summary = writer.summarise()
+            done = len(dataset) - len(pending)
+            print(
+                json.dumps({k: v for k, v in summary.items() if k != "samples"}, indent=2)
+                + f"\n{len(pending)} explained now, {done} already done, {len(unreadable)} unreadable skipped; "
+                f"wrote {args.out}/metrics.json"
+            )
+            blank = [r["name"] or str(r["index"]) for r in summary["samples"] if None in r["scores"].values()]
+            if blank:
+                shown = ", ".join(blank[:10]) + (f" and {len(blank) - 10} more" if len(blank) > 10 else "")
+                print(
+                    f"{len(blank)} explanation(s) are constant maps that carry no information and were not "
+                    f"scored (null in their records): {shown}",
+                    file=sys.stderr,
+                )
+    finally:
+        lock.release()
     return 0

@@ -464,7 +464,7 @@ def test_black_baseline_uses_the_normalisation():
 
 def test_explicit_target_and_stats():
     model = tiny_cnn()
-    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     results = StructuredAttentionGraph(model).explain(
         x, target=[0, 2], grid_size=4, heuristic=torch.rand(2, 4, 4, dtype=torch.float64), max_root_size=3
     )
@@ -473,7 +473,9 @@ def test_explicit_target_and_stats():
         probs = model(x).softmax(-1)
         black = model(torch.zeros_like(x)).softmax(-1)
     assert [r.p_full for r in results] == pytest.approx([float(probs[0, 0]), float(probs[1, 2])])
-    assert [r.stats["baseline_prob"] for r in results] == pytest.approx([float(black[0, 0]), float(black[1, 2])])
+    assert [r.stats["baseline_prob"] for r in results] == pytest.approx(
+        [float(black[0, 0]), float(black[1, 2])]
+    )
     assert not results[0].stats["uninformative"]
     assert results[0].stats["heuristic_rows"] == 0 and results[0].stats["depth"] >= 1
     d = results[0].to_dict()

@@ -1,16 +1,22 @@
-"""Hostile and careless inputs: a crafted checkpoint runs no code, and degenerate explanations do not pass as
-real ones."""
+"""Hostile and careless inputs: a crafted checkpoint runs no code (case 1), and degenerate explanations do not
+pass as real ones (case 5). The other cases of the same review stand beside this file: image files, symbolic links
+and concurrent `explain` runs (2-4) in test_hostile_files.py, XNN dtypes and MHEX backbones (6) in
+test_hostile_xnn.py, sample indices without an `index` key (7) in tests/callbacks/test_consistency_indices.py, and
+callbacks that refuse before training (8) in tests/callbacks/test_callback_setup_checks.py."""
 
 from __future__ import annotations
 
 import ast
+import json
 import os
 import warnings
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 import lightning_xai
@@ -231,3 +237,21 @@ def test_an_igos_mask_finer_than_the_image_is_an_error():
     model = small_resnet(4, width=4).eval()
     with pytest.raises(ValueError, match=r"`mask_size` \(28, 28\) is finer than the 8×8 inputs"):
         IGOS(model).attribute(torch.rand(1, 3, 8, 8), target=0)
+
+
+def test_explain_records_constant_maps_as_unscored_and_names_their_files(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("black0.png", "black1.png"):  # an all-zero image: Grad-CAM of it is a constant map
+        Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(images / name)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(images / "noise.png")
+    args = ["explain", "--model", "small_resnet", "--images", str(images), "--image_size", "24"]
+    with pytest.warns(UninformativeExplanationWarning):
+        main([*args, "--out", str(tmp_path / "out"), "--trainer.accelerator", "cpu"])
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())  # strict JSON: no NaN
+    scores = {r["name"]: r["scores"] for r in summary["samples"]}
+    assert scores["black0.png"] == scores["black1.png"] == {"deletion": None, "insertion": None}
+    assert summary["n_skipped"] == {"deletion": 2, "insertion": 2}
+    assert summary["means"]["deletion"] == pytest.approx(scores["noise.png"]["deletion"])
+    assert "2 explanation(s) are constant maps" in capsys.readouterr().err
