@@ -35,9 +35,12 @@ from ...metrics.functional.background_consistency import (
 from ...metrics.functional.consistency import Similarity
 from ...models import find_network, resolve_layer
 from .data import ScoringData, distributed
+from .indices import TrainingBatchIndices
 from .logs import log_weights
 
 __all__ = ["ExplanationConsistencyReweighting"]
+
+_WHO = "ExplanationConsistencyReweighting(refresh='epoch')"
 
 Refresh = Literal["epoch", "batch"]
 
@@ -51,6 +54,7 @@ _SCHEDULE_KEYS = (
     "warmup_epochs",
     "every_n_steps",
 )
+_TABLE_KEYS = ("v", "weights", "scored")  # on CPU, in the state dict
 
 
 class ExplanationConsistencyReweighting(Callback):
@@ -66,9 +70,11 @@ class ExplanationConsistencyReweighting(Callback):
 
     - ``refresh="epoch"`` (default): weight 1 for ``warmup_epochs`` epochs; then, at the start of every
       ``refresh_every``-th epoch, the training set is scored (all of it the first time, a ``refresh_fraction``
-      drawn from a generator seeded by ``(seed, epoch)`` later) into a table keyed by dataset index. Training
-      batches must carry the index (:class:`~lightning_xai.data.IndexedDataset`, or an ``index`` key). In DDP
-      each rank scores its share and the tables are all-reduced, so every rank holds the same table.
+      drawn from a generator seeded by ``(seed, epoch)`` later) into a table keyed by dataset index. A
+      training batch's indices are its ``index`` (a key, :class:`~lightning_xai.data.IndexedDataset`), else
+      those its loader's sampler yielded (see :mod:`~lightning_xai.callbacks.consistency.indices`), so the
+      data stays as it is. In DDP each rank scores its share and the tables are all-reduced, so every rank
+      holds the same table.
     - ``refresh="batch"``: the current batch is scored before the user's forward every ``every_n_steps``
       batches after warm-up, normalised by the global batch mean (all-reduced across ranks); other batches use 1.
 
@@ -211,6 +217,7 @@ class ExplanationConsistencyReweighting(Callback):
         self.batch_weights: Tensor | None = None
         self._weights_on: Tensor | None = None
         self._tap: LossTap | None = None
+        self._indices: TrainingBatchIndices | None = None
         self._first_batch_checked = False
         self._network: nn.Module | None = None
 
@@ -239,6 +246,8 @@ class ExplanationConsistencyReweighting(Callback):
     # -- hooks ---------------------------------------------------------------------------------------------------
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.refresh == "epoch" and self._indices is None:
+            self._indices = TrainingBatchIndices.acquire(trainer, self)  # before the fit loop's first iter()
         if stage != "fit" or self._tap is not None:
             return
         self._network = self.find_network(pl_module)
@@ -247,9 +256,15 @@ class ExplanationConsistencyReweighting(Callback):
         self._first_batch_checked = False
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.on_exception(trainer, pl_module, None)  # gives the index recorder back
         if self._tap is not None:
             self._tap.release(self)
             self._tap = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: Any) -> None:
+        if self._indices is not None:  # the user's loader and the strategy as they were
+            self._indices.release(self)
+            self._indices = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loader = trainer.train_dataloader
@@ -274,7 +289,7 @@ class ExplanationConsistencyReweighting(Callback):
         parts = split_batch(batch, self.batch_adapter)
         self._tap.open_batch(self, target=parts.target, inputs=parts.inputs)
         if self.refresh == "epoch":
-            weights = self._lookup(parts, pl_module)
+            weights = self._lookup(parts, pl_module, batch_idx)
         else:
             weights = self._score_batch(trainer, pl_module, parts)
         self.batches_seen += 1
@@ -297,19 +312,16 @@ class ExplanationConsistencyReweighting(Callback):
 
     # -- epoch mode ----------------------------------------------------------------------------------------------
 
-    def _lookup(self, parts: Batch, pl_module: L.LightningModule) -> Tensor | None:
-        if parts.index is None:
-            raise ValueError(
-                "ExplanationConsistencyReweighting(refresh='epoch') needs the dataset index of every training "
-                "sample to look up its weight, but the training batch has none. Wrap the training dataset in "
-                "lightning_xai.data.IndexedDataset, return an `index` key from your dataset's items, or use "
-                "refresh='batch'"
-            )
+    def _lookup(self, parts: Batch, pl_module: L.LightningModule, batch_idx: int) -> Tensor | None:
+        index = parts.index
+        if index is None:  # every batch, warm-up included: the recorded indices are consumed in order
+            assert self._indices is not None
+            index = self._indices.for_batch(batch_idx, len(parts.inputs), _WHO, ", or use refresh='batch'")
         if self.weights is None:
             return None
         if self._weights_on is None or self._weights_on.device != pl_module.device:
             self._weights_on = self.weights.to(pl_module.device)
-        index = parts.index.to(self._weights_on.device).long().reshape(-1)
+        index = index.to(self._weights_on.device).long().reshape(-1)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self._weights_on.numel()):
             raise ValueError(
                 f"a training batch holds dataset indices in [{int(index.min())}, {int(index.max())}] but the "
@@ -356,17 +368,8 @@ class ExplanationConsistencyReweighting(Callback):
         self._weights_on = weights
         self.last_refresh_epoch = epoch
         self.n_refreshes += 1
-        log_weights(
-            self,
-            trainer,
-            pl_module,
-            float(self.v.mean()),
-            self.weights,
-            clipped,
-            float(degenerate),
-            int(seen.sum()),
-            False,
-        )
+        n_seen, mean_v = int(seen.sum()), float(self.v.mean())
+        log_weights(self, trainer, pl_module, mean_v, self.weights, clipped, float(degenerate), n_seen, False)
 
     # -- batch mode ----------------------------------------------------------------------------------------------
 
@@ -409,9 +412,7 @@ class ExplanationConsistencyReweighting(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "v": None if self.v is None else self.v.clone(),
-            "weights": None if self.weights is None else self.weights.clone(),
-            "scored": None if self.scored is None else self.scored.clone(),
+            **{key: None if (table := getattr(self, key)) is None else table.clone() for key in _TABLE_KEYS},
             "N": None if self.v is None else int(self.v.numel()),
             "last_refresh_epoch": self.last_refresh_epoch,
             "n_refreshes": self.n_refreshes,
@@ -431,13 +432,9 @@ class ExplanationConsistencyReweighting(Callback):
                 UserWarning,
                 stacklevel=2,
             )
-        self.v = None if state_dict.get("v") is None else state_dict["v"].detach().cpu().clone()
-        self.weights = (
-            None if state_dict.get("weights") is None else state_dict["weights"].detach().cpu().clone()
-        )
-        self.scored = (
-            None if state_dict.get("scored") is None else state_dict["scored"].detach().cpu().clone()
-        )
+        for key in _TABLE_KEYS:
+            table = state_dict.get(key)
+            setattr(self, key, None if table is None else table.detach().cpu().clone())
         self.last_refresh_epoch = state_dict.get("last_refresh_epoch")
         self.n_refreshes = int(state_dict.get("n_refreshes", 0))
         self.batches_seen = int(state_dict.get("batches_seen", 0))
