@@ -183,6 +183,10 @@ class MultiHeadExplainer(Callback):
             self._first_batch_checked = False
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.on_exception(trainer, pl_module, None)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: Any) -> None:
+        # Lightning calls no teardown after an exception: the user's loss as it was
         if self._tap is not None:
             self._tap.release(self)
             self._tap = None

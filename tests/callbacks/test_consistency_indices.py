@@ -248,9 +248,13 @@ def test_unrecoverable_indices_fail_at_the_first_step(make_loader, match):
         enable_progress_bar=False,
         enable_model_summary=False,
     )
+    module = ImageClassifier(small_resnet(num_classes=4, width=4))
+    criterion = module.criterion
     with pytest.raises(ValueError, match=match):
-        trainer.fit(ImageClassifier(small_resnet(num_classes=4, width=4)), make_loader())
+        trainer.fit(module, make_loader())
     assert not steps and "process_dataloader" not in vars(trainer.strategy)
+    # the failed fit leaves the user's loss as it was (Lightning calls no teardown after an exception)
+    assert module.criterion is criterion and not criterion._forward_hooks
 
 
 class Reversed(BatchSampler):

@@ -140,8 +140,12 @@ def test_clear_errors_for_unreachable_loss_or_model():
             logits = self(batch["image"])
             return F.cross_entropy(logits, batch["label"])
 
+    own = OwnLoss("resnet18")
+    criterion = own.criterion
     with pytest.raises(RuntimeError, match="without calling the tapped loss"):
-        trainer(max_steps=1, callbacks=[MultiHeadExplainer()]).fit(OwnLoss("resnet18"), shapes())
+        trainer(max_steps=1, callbacks=[MultiHeadExplainer()]).fit(own, shapes())
+    # a failed fit gives the user's loss back, untapped (Lightning calls no teardown after an exception)
+    assert own.criterion is criterion and not criterion._forward_hooks
     with pytest.raises(ValueError, match="lambdas"):
         MultiHeadExplainer(lambdas=0.0)
     with pytest.raises(ValueError, match="already has MHEX heads"):

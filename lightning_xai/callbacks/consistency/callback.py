@@ -256,15 +256,16 @@ class ExplanationConsistencyReweighting(Callback):
         self._first_batch_checked = False
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.on_exception(trainer, pl_module, None)  # gives the index recorder back
+        self.on_exception(trainer, pl_module, None)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: Any) -> None:
+        # Lightning calls no teardown after an exception: the user's loss, loader and strategy as they were
+        if self._indices is not None:
+            self._indices.release(self)
+            self._indices = None
         if self._tap is not None:
             self._tap.release(self)
             self._tap = None
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: Any) -> None:
-        if self._indices is not None:  # the user's loader and the strategy as they were
-            self._indices.release(self)
-            self._indices = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loader = trainer.train_dataloader
