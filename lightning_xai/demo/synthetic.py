@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -39,9 +40,14 @@ def _fit(config: DemoConfig, module: L.LightningModule, data: ShapesDataModule, 
     return time.perf_counter() - started
 
 
-def train_models(config: DemoConfig, data: ShapesDataModule) -> tuple[dict[str, nn.Module], list[dict]]:
+def train_models(
+    config: DemoConfig,
+    data: ShapesDataModule,
+    extra_callbacks: Callable[[str], list[L.Callback]] | None = None,
+) -> tuple[dict[str, nn.Module], list[dict]]:
     """The baseline, MHEX, consistency-reweighted and Comprehensive Attribution models, trained on the same
-    data for the same number of epochs; returns the trained modules (eval mode) and a row per model."""
+    data for the same number of epochs; returns the trained modules (eval mode) and a row per model.
+    ``extra_callbacks(model name)`` adds callbacks to a model's run (e.g. per-epoch measurements)."""
     from ..callbacks import ExplanationConsistencyReweighting, MultiHeadExplainer
     from ..modules import ComprehensiveAttribution, ImageClassifier
 
@@ -81,7 +87,7 @@ def train_models(config: DemoConfig, data: ShapesDataModule) -> tuple[dict[str, 
     for name, (how, build, callbacks) in plans.items():
         L.seed_everything(config.seed, verbose=False)
         module = build()
-        seconds = _fit(config, module, data, callbacks())
+        seconds = _fit(config, module, data, callbacks() + (extra_callbacks(name) if extra_callbacks else []))
         models[name] = module.eval()
         rows.append({"model": name, "training": how, "train seconds": round(seconds)})
     return models, rows
