@@ -55,7 +55,7 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
     test = torch.utils.data.default_collate([data.datasets["test"][i] for i in range(config.explain_images)])
     images, labels, masks = test["image"], test["label"], test["mask"]
     method_rows, maps, curves = explain_all(config, models, images, labels, masks)
-    sags = structured_attention_graphs(config, models["baseline"])
+    sags, sag_summary = structured_attention_graphs(config, models["baseline"])
 
     overlays = overlays_figure(images, masks, maps, max(config.num_overlays, 1))
     overlays.savefig(out / "overlays.png", dpi=100)
@@ -64,6 +64,7 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         "models": training_rows,
         "methods": method_rows,
         "sags": [{k: v for k, v in s.items() if k != "png"} for s in sags],
+        "sag_search": sag_summary,
         "seconds": round(seconds, 1),
         "config": asdict(config),
     }
@@ -71,9 +72,9 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
         metrics["real"] = real_metrics(real)
         real["figure"].savefig(out / "overlays_real.png", dpi=100)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    _report(config, data, training_rows, method_rows, overlays, curves, sags, seconds, real).save(
-        out / "report.html"
-    )
+    _report(
+        config, data, training_rows, method_rows, overlays, curves, (sags, sag_summary), seconds, real
+    ).save(out / "report.html")
     return metrics
 
 
@@ -84,7 +85,7 @@ def _report(
     method_rows: list[dict],
     overlays: plt.Figure,
     curves: dict[str, dict[str, np.ndarray]],
-    sags: list[dict[str, Any]],
+    sag_gallery: tuple[list[dict[str, Any]], dict[str, int]],
     seconds: float,
     real: dict[str, Any] | None = None,
 ) -> HTMLReport:
@@ -112,14 +113,22 @@ def _report(
     report.table(method_rows)
     report.figure(overlays, "Heatmaps of every method (white outline: the object's pixel mask).")
     report.figure(curves_figure(curves), "Deletion and insertion curves, mean over the explained images.")
-    if sags:
+    sags, searched = sag_gallery
+    if searched:
         report.heading("Structured Attention Graphs")
         report.paragraph(
             "Two-object images: each root is a minimal set of patches that alone keeps the baseline's confidence "
-            "above the threshold; the graph shows how the confidence falls as patches are removed."
+            f"above the threshold. {searched['candidates']} bias-conflicting images were searched; "
+            f"{searched['uninformative']} could not be explained (the black baseline alone already gives the "
+            f"class, so every patch would be a root) and {searched['without_root']} had no root within the search "
+            f"limits. Shown: the {len(sags)} whose roots lie most on the objects."
         )
         for sag in sags:
-            report.image(sag["png"], f"class {sag['class']}: {sag['roots']} root(s); {sag['dnf']}")
+            report.image(
+                sag["png"],
+                f"class {sag['class']}: {sag['roots']} root(s), {sag['on_object']:.0%} of their area on the "
+                f"objects; {sag['dnf']}",
+            )
     if real is not None:
         add_real_section(report, config, real)
     report.heading("Run")

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ..attr.registry import explain_batch
 from ..data import ShapesDataModule, ShapesDataset
+from ..explain import constant_rows
 from ..metrics.functional import deletion_auc, insertion_auc, pointing_game
 from ..models import LogitsForward, logits_of
 from ..viz.overlay import _to_hwc, overlay
@@ -147,13 +148,19 @@ def explain_all(
             {
                 "method": label,
                 "model": model_key,
-                "deletion AUC ↓": float(deletion["auc"].nanmean()),
-                "insertion AUC ↑": float(insertion["auc"].nanmean()),
-                "pointing game ↑": float(pointing_game(explained, masks, tolerance=0)),
+                # over the maps that rank something; None when every map is constant
+                "deletion AUC ↓": _finite_or_none(deletion["auc"].nanmean()),
+                "insertion AUC ↑": _finite_or_none(insertion["auc"].nanmean()),
+                "pointing game ↑": _finite_or_none(pointing_game(explained, masks, tolerance=0)),
+                "constant maps": int(constant_rows(explained).sum()),
                 "seconds / image": round(seconds, 3),
             }
         )
     return rows, maps, curves
+
+
+def _finite_or_none(value: Tensor) -> float | None:
+    return float(value) if bool(torch.isfinite(value)) else None
 
 
 def overlays_figure(
@@ -198,29 +205,65 @@ def curves_figure(curves: dict[str, dict[str, np.ndarray]]) -> plt.Figure:
     return fig
 
 
-def structured_attention_graphs(config: DemoConfig, model: nn.Module) -> list[dict[str, Any]]:
-    """SAGs of the baseline on two-object test images (both objects show the class)."""
+#: Two-object test images searched for the SAG gallery, per image shown.
+SAG_CANDIDATES = 3
+
+
+def structured_attention_graphs(config: DemoConfig, model: nn.Module) -> tuple[list[dict[str, Any]], dict]:
+    """SAGs of the baseline on two-object test images (both objects show the class): ``SAG_CANDIDATES`` images
+    per image shown are searched, and the gallery shows those whose roots lie most on the objects. An image that
+    SAG cannot explain (the baseline alone keeps the class: every patch would be a "root") is never shown; the
+    second value counts the candidates, those uninformative images and those without a root."""
     if config.sag_images == 0:
-        return []
+        return [], {}
+    count = config.sag_images * SAG_CANDIDATES
     dataset = ShapesDataset(
-        config.sag_images, image_size=config.image_size, num_objects=2, split="test", seed=config.seed + 1
+        count, image_size=config.image_size, num_objects=2, split="test", seed=config.seed + 1
     )
     batch = torch.utils.data.default_collate([dataset[i] for i in range(len(dataset))])
     settings = {"seed": config.seed, **config.method_settings.get("sag", {})}
-    return graphs(model, batch["image"], batch["label"], dataset.classes, settings)
+    found = graphs(model, batch["image"], batch["label"], dataset.classes, settings, masks=batch["mask"])
+    shown = [g for g in found if g["roots"] and not g["uninformative"]]
+    shown.sort(key=lambda g: -g["on_object"])
+    summary = {
+        "candidates": count,
+        "uninformative": sum(g["uninformative"] for g in found),
+        "without_root": sum(not g["roots"] and not g["uninformative"] for g in found),
+    }
+    return shown[: config.sag_images], summary
 
 
 def graphs(
-    model: nn.Module, images: Tensor, labels: Tensor, classes: list[str], settings: dict[str, Any]
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    classes: list[str],
+    settings: dict[str, Any],
+    masks: Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """A Structured Attention Graph per image for its label: the class name, root count, DNF and a PNG."""
+    """A Structured Attention Graph per image for its label: the class name, root count, DNF, whether SAG could
+    explain it at all, the share of the roots' area on the object (with ``masks``) and a PNG."""
     from ..attr import StructuredAttentionGraph
+    from ..attr.sag import patch_masks
 
     results = StructuredAttentionGraph(LogitsForward(model)).explain(images, labels, **settings)
-    return [
-        {"class": classes[int(label)], "roots": len(result.roots), "dnf": result.dnf, "png": _sag_png(result)}
-        for label, result in zip(labels, results, strict=True)
-    ]
+    rows = []
+    for i, (label, result) in enumerate(zip(labels, results, strict=True)):
+        on_object = None
+        if masks is not None and result.roots:
+            area = patch_masks(result.roots, result.grid_size, images.shape[-2:], result.patch_interpolation)
+            on_object = float((area * masks[i].float()).sum() / area.sum().clamp_min(1e-12))
+        rows.append(
+            {
+                "class": classes[int(label)],
+                "roots": len(result.roots),
+                "dnf": result.dnf,
+                "uninformative": bool(result.stats.get("uninformative")),
+                "on_object": on_object,
+                "png": _sag_png(result),
+            }
+        )
+    return rows
 
 
 def _sag_png(result: Any) -> bytes:

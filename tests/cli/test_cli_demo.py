@@ -58,9 +58,18 @@ def test_demo_quick_writes_report_overlays_and_metrics(quick_demo):
     methods = {row["method"]: row for row in metrics["methods"]}
     assert set(methods) == {label for label, _, _ in METHODS}
     for row in methods.values():
-        assert 0.0 <= row["deletion AUC ↓"] <= 1.0 and 0.0 <= row["insertion AUC ↑"] <= 1.0
-        assert 0.0 <= row["pointing game ↑"] <= 1.0
-    assert len(metrics["sags"]) == DemoConfig.quick().sag_images
+        # a score is left out (None) only when every map of the method is constant (it ranks nothing)
+        scores = [row["deletion AUC ↓"], row["insertion AUC ↑"], row["pointing game ↑"]]
+        assert all(s is None or 0.0 <= s <= 1.0 for s in scores)
+        assert None not in scores[:2] or row["constant maps"] == DemoConfig.quick().explain_images
+    # the gallery shows only images SAG could explain, with roots; the search is accounted for
+    search = metrics["sag_search"]
+    assert search["candidates"] == 3 * DemoConfig.quick().sag_images
+    shown = len(metrics["sags"])
+    assert shown == min(
+        DemoConfig.quick().sag_images, search["candidates"] - search["uninformative"] - search["without_root"]
+    )
+    assert all(s["roots"] >= 1 and not s["uninformative"] for s in metrics["sags"])
     assert metrics["config"]["num_overlays"] == 2
     image = Image.open(quick_demo / "overlays.png")
     assert image.size[0] > 200 and image.size[1] > 100
