@@ -124,6 +124,26 @@ def test_weights_are_normalised_clipped_and_monotone_in_inconsistency():
     assert torch.equal(w, torch.ones(4)) and float(clipped) == 0.0
 
 
+def test_clipped_weights_keep_mean_one_and_degenerate_maps_are_left_out():
+    """The rule issue 33 set: clipping no longer shrinks the loss (the clipped weights still average 1, inside the
+    bounds), and a degenerate map (E = 0 by convention, not by measurement) gets weight 1 and enters no mean."""
+    v = torch.rand(500, generator=torch.Generator().manual_seed(0), dtype=torch.float64) ** 6
+    w, clipped = consistency_weights(v)
+    assert float(clipped) > 0.1 and float(w.double().mean()) == pytest.approx(1.0, abs=1e-6)
+    assert float(w.min()) >= 0.1 - 1e-6 and float(w.max()) <= 5.0 + 1e-6
+    order = torch.argsort(v)
+    assert bool((w[order][1:] >= w[order][:-1] - 1e-6).all())
+    informative = torch.ones(500, dtype=torch.bool)
+    informative[:100] = False
+    v_with_degenerate = torch.where(informative, v, torch.ones_like(v))  # E = 0 -> v = 1 on degenerate maps
+    w2, _ = consistency_weights(v_with_degenerate, informative=informative)
+    assert torch.equal(w2[:100], torch.ones(100))
+    torch.testing.assert_close(w2[100:], consistency_weights(v[100:])[0])  # as if they were not there
+    # out of reach: samples with v = 0 stay at the floor, the rest at the ceiling
+    w3, _ = consistency_weights(torch.tensor([1.0] + [0.0] * 7))
+    assert torch.allclose(w3, torch.tensor([5.0] + [0.1] * 7))
+
+
 def _pixels_and_labels(n: int = 4, size: int = 16):
     ds = ShapesDataset(n, image_size=size, seed=3)
     return torch.stack([ds[i]["image"] for i in range(n)]), torch.stack([ds[i]["label"] for i in range(n)])
@@ -304,7 +324,12 @@ def test_unmodified_image_classifier_gets_a_table_and_logs_the_refresh():
     assert float(metrics["ece/n_scored"]) == 12.0
     # zero maps score E = 0 (v = 1); every degenerate sample is counted
     assert float(metrics["ece/n_degenerate"]) <= float((callback.v == 1.0).sum())
-    assert float(metrics["ece/weight_p50"]) == pytest.approx(float(callback.weights.median()), abs=0.05)
+    assert float(metrics["ece/weight_p50"]) == pytest.approx(float(callback.weights.quantile(0.5)), abs=1e-6)
+    # degenerate maps are out of the reweighting: weight 1; the others average 1
+    assert float(metrics["ece/n_degenerate"]) == float(callback.degenerate.sum())
+    assert bool((callback.weights[callback.degenerate] == 1.0).all())
+    if bool((~callback.degenerate).any()):
+        assert float(callback.weights[~callback.degenerate].double().mean()) == pytest.approx(1.0, abs=1e-5)
     for key in ("ece/inconsistency", "ece/weight_p05", "ece/weight_p95", "ece/clipped_fraction"):
         assert key in metrics
 

@@ -1,7 +1,8 @@
 """Explanation-consistency reweighting (ECE, arXiv 2408.04600) as a callback for an unmodified Trainer script.
 
 A sample whose Grad-CAM changes when only its background is adversarially perturbed gets more weight in the
-loss: ``v_i = 1 − E(x_i, x̂_i)``, ``w_i = clip(v_i / mean v, 0.1, 5)``, ``L = (1/B) Σ_i w_i ℓ_i``. The score
+loss: ``v_i = 1 − E(x_i, x̂_i)``, ``w_i = clip(v_i / c, 0.1, 5)`` with ``c`` such that the weights average 1,
+``L = (1/B) Σ_i w_i ℓ_i``; a sample whose Grad-CAM is all zero keeps weight 1. The score
 reuses the library's building blocks: :func:`~lightning_xai.explain.grad_cam`,
 :func:`~lightning_xai.explain.background_pgd` and the functional core of
 :class:`~lightning_xai.metrics.ExplanationConsistency`. The weights reach the module's own loss through the loss
@@ -34,9 +35,10 @@ from ...metrics.functional.background_consistency import (
 )
 from ...metrics.functional.consistency import Similarity
 from ...models import find_network, resolve_layer
-from .data import ScoringData, distributed
+from .data import ScoringData, distributed, sum_across
 from .indices import TrainingBatchIndices
 from .logs import log_weights
+from .state import WeightTableState
 
 __all__ = ["ExplanationConsistencyReweighting"]
 
@@ -54,15 +56,16 @@ _SCHEDULE_KEYS = (
     "warmup_epochs",
     "every_n_steps",
 )
-_TABLE_KEYS = ("v", "weights", "scored")  # on CPU, in the state dict
 
 
-class ExplanationConsistencyReweighting(Callback):
+class ExplanationConsistencyReweighting(WeightTableState, Callback):
     """Explanation-consistency reweighting (ECE, arXiv 2408.04600) for an unmodified LightningModule.
 
     Each sample's explanation consistency ``E`` (see :func:`score_consistency`: Grad-CAM of the label, the
-    background attacked by PGD, cosine similarity of the two maps) gives the weight ``w = clip(v / mean v, 0.1,
-    5)`` with ``v = 1 − E``, and the module's own loss becomes ``(1/B) Σ_i w_i ℓ_i`` on training batches, through
+    background attacked by PGD, cosine similarity of the two maps) gives the weight ``w = clip(v / c, 0.1, 5)``
+    with ``v = 1 − E`` and ``c`` such that the weights average 1 (a degenerate, all-zero map says nothing about
+    consistency: weight 1, out of the means; see :func:`~lightning_xai.losses.consistency_weights`), and the
+    module's own loss becomes ``(1/B) Σ_i w_i ℓ_i`` on training batches, through
     the loss tap: the module keeps its loss as ``self.criterion`` (or ``loss_fn``, ``loss_func``, or
     ``loss_attr=``). Validation and test losses are never weighted.
 
@@ -210,6 +213,8 @@ class ExplanationConsistencyReweighting(Callback):
         self.v: Tensor | None = None
         self.weights: Tensor | None = None
         self.scored: Tensor | None = None
+        #: Samples whose last score was a degenerate map: weight 1, left out of the reweighting.
+        self.degenerate: Tensor | None = None
         self.last_refresh_epoch: int | None = None
         self.n_refreshes = 0
         self.batches_seen = 0
@@ -353,24 +358,28 @@ class ExplanationConsistencyReweighting(Callback):
         )
         if self.v is None or self.v.numel() != n:
             self.v = torch.zeros(n, dtype=torch.float64)
-            self.scored = torch.zeros(n, dtype=torch.bool)
-        v = self.v.to(device)
+            self.scored, self.degenerate = torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        v, degenerate_table = self.v.to(device), self.degenerate_table(n).to(device)
         seen = count > 0
         v[seen] = sum_v[seen] / count[seen]
-        weights, clipped = consistency_weights(v, self.clip)
+        degenerate_table[seen] = degenerate[seen] > 0
+        # a degenerate map says nothing about the sample's consistency: weight 1, out of the means
+        weights, clipped = consistency_weights(v, self.clip, informative=~degenerate_table)
         if distributed():
             # Identical ops give identical tables, but a broadcast makes them bitwise equal whatever happened.
             dist.broadcast(v, src=0)
             dist.broadcast(weights, src=0)
         assert self.scored is not None
         self.scored |= seen.cpu()
-        self.v = v.cpu()
+        self.v, self.degenerate = v.cpu(), degenerate_table.cpu()
         self.weights = weights.cpu()
         self._weights_on = weights
         self.last_refresh_epoch = epoch
         self.n_refreshes += 1
         n_seen, mean_v = int(seen.sum()), float(self.v.mean())
-        log_weights(self, trainer, pl_module, mean_v, self.weights, clipped, float(degenerate), n_seen, False)
+        log_weights(
+            self, trainer, pl_module, mean_v, self.weights, clipped, float(degenerate.sum()), n_seen, False
+        )
 
     # -- batch mode ----------------------------------------------------------------------------------------------
 
@@ -381,16 +390,17 @@ class ExplanationConsistencyReweighting(Callback):
             (self.seed * 1_000_003 + self.batches_seen) & ((1 << 63) - 1)
         )
         scores = self._score(pl_module, parts, generator)
-        v = 1.0 - scores.consistency
-        totals = torch.stack([v.sum(), torch.tensor(float(v.numel()), dtype=v.dtype, device=v.device)])
-        degenerate = scores.degenerate.sum().to(v.dtype)
-        totals = torch.cat([totals, degenerate[None]])
-        if distributed():
-            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-        weights, clipped = consistency_weights(v, self.clip, mean=totals[0] / totals[1].clamp_min(1.0))
-        global_v = float(totals[0] / totals[1].clamp_min(1.0))
+        v, informative = 1.0 - scores.consistency, ~scores.degenerate
+        totals = sum_across(
+            torch.stack([v[informative].sum(), informative.sum().to(v), v.new_tensor(v.numel())])
+        )
+        mean = totals[0] / totals[1].clamp_min(1.0)
+        weights, clipped = consistency_weights(
+            v, self.clip, mean=mean, informative=informative, sum_across=sum_across
+        )
+        n_degenerate = float(totals[2] - totals[1])
         log_weights(
-            self, trainer, pl_module, global_v, weights, clipped, float(totals[2]), int(totals[1]), True
+            self, trainer, pl_module, float(mean), weights, clipped, n_degenerate, int(totals[2]), True
         )
         return weights
 
@@ -408,38 +418,6 @@ class ExplanationConsistencyReweighting(Callback):
         return score_consistency(
             network, parts.inputs, parts.target, options=self.scoring, generator=generator
         )
-
-    # -- checkpoints ---------------------------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            **{key: None if (table := getattr(self, key)) is None else table.clone() for key in _TABLE_KEYS},
-            "N": None if self.v is None else int(self.v.numel()),
-            "last_refresh_epoch": self.last_refresh_epoch,
-            "n_refreshes": self.n_refreshes,
-            "batches_seen": self.batches_seen,
-            "config": self.config(),
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = dict(state_dict.get("config", {}))
-        current = self.config()
-        differ = sorted(k for k in current if k in saved and saved[k] != current[k])
-        if differ:
-            warnings.warn(
-                f"ExplanationConsistencyReweighting: the checkpoint's weights were scored with other settings "
-                f"({', '.join(f'{k}: {saved[k]!r} -> {current[k]!r}' for k in differ)}); they are kept until the "
-                "next refresh",
-                UserWarning,
-                stacklevel=2,
-            )
-        for key in _TABLE_KEYS:
-            table = state_dict.get(key)
-            setattr(self, key, None if table is None else table.detach().cpu().clone())
-        self.last_refresh_epoch = state_dict.get("last_refresh_epoch")
-        self.n_refreshes = int(state_dict.get("n_refreshes", 0))
-        self.batches_seen = int(state_dict.get("batches_seen", 0))
-        self._weights_on = None
 
     def __repr__(self) -> str:
         return (

@@ -23,6 +23,13 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def sum_across(values: Tensor) -> Tensor:
+    """``values`` summed over the processes (as they are in one process)."""
+    if distributed():
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
 def _find_transform_owner(dataset: Any) -> Any:
     """The innermost dataset (through ``.dataset`` wrappers) that has a ``transform`` attribute."""
     owner, seen = None, set()
@@ -126,7 +133,7 @@ class ScoringData:
         device: torch.device,
     ) -> tuple[int, Tensor, Tensor, Tensor]:
         """Score the samples ``select(N)`` picks, shared among the ranks as ``DistributedSampler`` would: N, the
-        sum of ``v = 1 − E`` and the count of scores per sample (all-reduced), and the degenerate maps."""
+        sum of ``v = 1 − E``, the count of scores and of degenerate maps per sample (all-reduced)."""
         dataset, collate_fn, batch_size, n = self.source(trainer)
         indices = select(n)
         world, rank = (dist.get_world_size(), dist.get_rank()) if distributed() else (1, 0)
@@ -135,7 +142,7 @@ class ScoringData:
         mine = torch.cat([indices, indices[: padded - len(indices)]])[rank::world]
         sum_v = torch.zeros(n, dtype=torch.float64, device=device)
         count = torch.zeros(n, dtype=torch.float64, device=device)
-        degenerate = torch.zeros((), dtype=torch.float64, device=device)
+        degenerate = torch.zeros(n, dtype=torch.float64, device=device)
         loader = DataLoader(
             Subset(dataset, mine.tolist()), batch_size=batch_size, shuffle=False, collate_fn=collate_fn
         )
@@ -149,7 +156,7 @@ class ScoringData:
                 scores = score(parts)
                 sum_v.index_add_(0, idx, 1.0 - scores.consistency)
                 count.index_add_(0, idx, torch.ones_like(scores.consistency))
-                degenerate += scores.degenerate.sum()
+                degenerate.index_add_(0, idx, scores.degenerate.to(torch.float64))
         if world > 1:
             for tensor in (sum_v, count, degenerate):
                 dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
