@@ -54,7 +54,8 @@ def test_demo_quick_writes_report_overlays_and_metrics(quick_demo):
     metrics = json.loads((quick_demo / "metrics.json").read_text())
     models = {row["model"]: row for row in metrics["models"]}
     assert set(models) == {"baseline", "MHEX", "consistency-reweighted", "Comprehensive Attribution"}
-    assert all(0.0 <= row["bias-conflicting test accuracy"] <= 1.0 for row in models.values())
+    assert all(0.0 <= row["bias-conflicting accuracy"] <= 1.0 for row in models.values())
+    assert all(0.0 <= row["in-distribution accuracy"] <= 1.0 for row in models.values())
     methods = {row["method"]: row for row in metrics["methods"]}
     assert set(methods) == {label for label, _, _ in METHODS}
     for row in methods.values():
@@ -157,3 +158,25 @@ def test_report_images_load_in_headless_chromium(quick_demo, tmp_path):
 def test_demo_rejects_bad_settings(tmp_path):
     with pytest.raises(SystemExit):
         main(["demo", "--quick", "--epochs", "0", "--out", str(tmp_path)])
+
+
+def test_the_model_sentences_say_what_the_numbers_say():
+    from lightning_xai.demo.run import model_sentences
+
+    def row(model, inside, conflicting):
+        return {"model": model, "in-distribution accuracy": inside, "bias-conflicting accuracy": conflicting}
+
+    untrained = model_sentences([row("baseline", 0.3, 0.25), row("MHEX", 0.9, 0.9)])
+    assert len(untrained) == 1 and "has not learnt its task" in untrained[0]
+    shortcut, better, worse, same, unlearnt = model_sentences(
+        [
+            row("baseline", 0.95, 0.08),
+            row("MHEX", 0.95, 0.30),
+            row("consistency-reweighted", 0.94, 0.02),
+            row("Comprehensive Attribution", 0.95, 0.09),
+            row("other", 0.5, 0.5),
+        ]
+    )
+    assert "took the background shortcut: 0.08" in shortcut
+    assert "improves bias-conflicting accuracy by 0.22" in better
+    assert "loses 0.06" in worse and "as well as the baseline" in same and "has not learnt" in unlearnt
