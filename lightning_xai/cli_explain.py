@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .attr.registry import METHOD_NAMES
-from .callbacks.writer import ExplanationWriter, FolderLock, OutputFolderBusyError
+from .callbacks.folder_lock import FolderLock, OutputFolderBusyError
+from .callbacks.writer import ExplanationWriter
 from .data import ShapesDataset
 from .data.folder import ImageFolderDataset
 from .heads import load_mhex_checkpoint

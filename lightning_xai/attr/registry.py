@@ -115,9 +115,8 @@ def attribution_maps(
     if isinstance(result, tuple):
         result = result[0]
     maps = result.detach().float()
-    if not type(attribution).__module__.startswith(
-        "lightning_xai."
-    ):  # the package's methods check themselves
+    checks_itself = type(attribution).__module__.startswith("lightning_xai.")  # the package's methods do
+    if not checks_itself:
         warn_uninformative(type(attribution).__name__, constant=constant_rows(maps))
     if maps.ndim == 4:
         maps = maps.sum(1)

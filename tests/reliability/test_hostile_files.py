@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_xai.callbacks.writer import ExplanationWriter, FolderLock, atomic_write
+from lightning_xai.callbacks.folder_lock import FolderLock
+from lightning_xai.callbacks.writer import ExplanationWriter, atomic_write
 from lightning_xai.cli import main
 from lightning_xai.data import ImageFolderDataset
 from lightning_xai.data.folder import UnsupportedImageError, pil_to_rgb
