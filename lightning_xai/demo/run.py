@@ -79,6 +79,19 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
     return metrics
 
 
+def _where_roots_lie(sags: list[dict[str, Any]]) -> str:
+    """A sentence on where the shown roots lie, from their share of area on the objects."""
+    if not sags:
+        return ""
+    share = sum(s["on_object"] for s in sags) / len(sags)
+    if share < 0.5:
+        return (
+            f" Even these roots lie mostly on the background ({share:.0%} of their area on the objects): what "
+            "suffices for the baseline's decision is the tint, the shortcut it learnt."
+        )
+    return f" Their roots lie mostly on the objects ({share:.0%} of their area)."
+
+
 #: Below this held-out in-distribution accuracy a model has not learnt its task, and its figures say nothing.
 LEARNT = 0.9
 
@@ -164,7 +177,7 @@ def _report(
             f"above the threshold. {searched['candidates']} bias-conflicting images were searched; "
             f"{searched['uninformative']} could not be explained (the black baseline alone already gives the "
             f"class, so every patch would be a root) and {searched['without_root']} had no root within the search "
-            f"limits. Shown: the {len(sags)} whose roots lie most on the objects."
+            f"limits. Shown: the {len(sags)} whose roots lie most on the objects." + _where_roots_lie(sags)
         )
         for sag in sags:
             report.image(

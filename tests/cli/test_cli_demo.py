@@ -180,3 +180,13 @@ def test_the_model_sentences_say_what_the_numbers_say():
     assert "took the background shortcut: 0.08" in shortcut
     assert "improves bias-conflicting accuracy by 0.22" in better
     assert "loses 0.06" in worse and "as well as the baseline" in same and "has not learnt" in unlearnt
+
+
+def test_the_gallery_says_where_the_roots_lie():
+    from lightning_xai.demo.run import _where_roots_lie
+
+    assert _where_roots_lie([]) == ""
+    assert "mostly on the background (7% of their area" in _where_roots_lie(
+        [{"on_object": 0.08}, {"on_object": 0.06}]
+    )
+    assert "mostly on the objects (90%" in _where_roots_lie([{"on_object": 0.9}])
