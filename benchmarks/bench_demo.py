@@ -28,7 +28,7 @@ import torch
 
 from lightning_xai.data import ShapesDataModule
 from lightning_xai.demo import DemoConfig
-from lightning_xai.demo.synthetic import accuracy, train_models
+from lightning_xai.demo.synthetic import accuracy, demo_data, train_models
 
 
 class EpochAccuracy(L.Callback):
@@ -51,15 +51,7 @@ class EpochAccuracy(L.Callback):
 
 def run(config: DemoConfig) -> dict[str, list[dict[str, float]]]:
     L.seed_everything(config.seed, verbose=False)
-    data = ShapesDataModule(
-        batch_size=config.batch_size,
-        image_size=config.image_size,
-        bias=config.bias,
-        train_size=config.train_size,
-        val_size=config.val_size,
-        test_size=config.test_size,
-        seed=config.seed,
-    )
+    data = demo_data(config)
     data.setup("fit")
     curves: dict[str, list[dict[str, float]]] = {}
     train_models(config, data, lambda name: [EpochAccuracy(data, curves.setdefault(name, []))])

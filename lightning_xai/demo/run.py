@@ -21,6 +21,7 @@ from .real import add_real_section, explain_photos, real_metrics
 from .synthetic import (
     accuracy,
     curves_figure,
+    demo_data,
     explain_all,
     overlays_figure,
     structured_attention_graphs,
@@ -36,15 +37,7 @@ def run_demo(config: DemoConfig) -> dict[str, object]:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     L.seed_everything(config.seed, verbose=False)
-    data = ShapesDataModule(
-        batch_size=config.batch_size,
-        image_size=config.image_size,
-        bias=config.bias,
-        train_size=config.train_size,
-        val_size=config.val_size,
-        test_size=config.test_size,
-        seed=config.seed,
-    )
+    data = demo_data(config)
     real = None
     if config.real:  # first, so that a missing package or photo fails before the training
         real = explain_photos(config)

@@ -41,6 +41,19 @@ def _fit(config: DemoConfig, module: L.LightningModule, data: ShapesDataModule, 
     return time.perf_counter() - started
 
 
+def demo_data(config: DemoConfig) -> ShapesDataModule:
+    """The demo's biased shapes: train and val follow ``config.bias``, test is bias-conflicting."""
+    return ShapesDataModule(
+        batch_size=config.batch_size,
+        image_size=config.image_size,
+        bias=config.bias,
+        train_size=config.train_size,
+        val_size=config.val_size,
+        test_size=config.test_size,
+        seed=config.seed,
+    )
+
+
 def train_models(
     config: DemoConfig,
     data: ShapesDataModule,
