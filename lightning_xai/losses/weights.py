@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
@@ -16,7 +14,6 @@ def consistency_weights(
     mean: Tensor | float | None = None,
     *,
     informative: Tensor | None = None,
-    sum_across: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sample weights from inconsistencies ``v = 1 − E``: ``w = clip(v / c, *clip)`` with the scale ``c`` that
     makes the mean weight 1.
@@ -24,9 +21,8 @@ def consistency_weights(
     Only ``informative`` samples (default: all) are reweighted; the others (a degenerate map, whose consistency
     says nothing) get weight 1 and count in no mean. ``c`` starts at the mean of the informative ``v`` (or
     ``mean``), which gives mean 1 when nothing is clipped; when the clip bounds bite, ``c`` is found by bisection
-    so that the clipped weights still average 1, and the loss keeps its scale. ``sum_across`` (e.g. an
-    all-reduce) makes the means those of every process's samples. All weights are 1 when the mean ``v`` is below
-    1e-6. Returns the float32 weights and the fraction of the informative samples clipped at ``v / mean``.
+    so that the clipped weights still average 1, and the loss keeps its scale (on the CPU: a few hundred tiny
+    steps, no device synchronisation). All weights are 1 when the mean ``v`` is below 1e-6. Returns the float32 weights and the fraction of the informative samples clipped at ``v / mean``.
 
     Example:
         >>> w, clipped = consistency_weights(torch.tensor([0.1, 0.3, 0.0, 0.0]))
@@ -39,20 +35,18 @@ def consistency_weights(
     keep = (
         torch.ones_like(v64, dtype=torch.bool) if informative is None else informative.to(v64.device).bool()
     )
-    total = sum_across or (lambda t: t)
     lo, hi = clip
-    values = v64[keep]
-    count = float(total(keep.sum().to(v64)))
-    if mean is None:
-        mean = total(values.sum()) / count if count else v64.new_zeros(())
-    mean_t = torch.as_tensor(mean, dtype=torch.float64, device=v64.device)
+    values = v64[keep].cpu()
     weights = torch.ones_like(v64)
-    if not count or float(mean_t) < 1e-6:
+    if mean is None:
+        mean = values.mean() if values.numel() else 0.0
+    mean_t = torch.as_tensor(mean, dtype=torch.float64).cpu()
+    if not values.numel() or float(mean_t) < 1e-6:
         return weights.to(torch.float32), v64.new_zeros((), dtype=torch.float32)
-    clipped = total(((values / mean_t < lo) | (values / mean_t > hi)).sum().to(v64)) / count
+    clipped = ((values / mean_t < lo) | (values / mean_t > hi)).to(torch.float64).mean()
 
     def mean_weight(scale: Tensor) -> float:
-        return float(total((values / scale).clamp(lo, hi).sum())) / count
+        return float((values / scale).clamp(lo, hi).mean())
 
     scale = mean_t
     if float(clipped) and lo <= 1.0 <= hi:
@@ -72,5 +66,5 @@ def consistency_weights(
             middle = (low + high) / 2
             low, high = (middle, high) if mean_weight(middle) >= 1.0 else (low, middle)
         scale = low
-    weights[keep] = (values / scale).clamp(lo, hi)
-    return weights.to(torch.float32), clipped.to(torch.float32)
+    weights[keep] = (values / scale).clamp(lo, hi).to(v64.device)
+    return weights.to(torch.float32), clipped.to(device=v64.device, dtype=torch.float32)

@@ -6,11 +6,14 @@ import os
 import warnings
 
 import lightning as L
+import pytest
 import torch
 from torch import nn
 
 from lightning_xai.callbacks import ExplanationConsistencyReweighting
+from lightning_xai.callbacks.consistency.data import gather_rows
 from lightning_xai.data import ShapesDataModule
+from lightning_xai.losses import consistency_weights
 from lightning_xai.models import small_resnet
 
 # 11 samples: the scoring shards are padded with a repeated index, which must average out exactly.
@@ -84,3 +87,25 @@ def test_ddp_ranks_hold_identical_tables_equal_to_single_process(ddp):
     assert torch.allclose(first["v"], single["v"], atol=1e-6, rtol=0)
     assert torch.allclose(first["weights"], single["weights"], atol=1e-6, rtol=0)
     assert first["last_refresh_epoch"] == second["last_refresh_epoch"] == 0
+
+
+def _batch_mode_weights(rank: int, world_size: int) -> dict:
+    """Batch mode's weighting under DDP with unequal shards (the last batch): each rank's rows of the weights of
+    the global batch, as the callback computes them."""
+    v = torch.tensor([[0.02, 0.30, 0.0, 0.05, 0.9], [0.10, 0.0]][rank], dtype=torch.float64)
+    informative = torch.tensor([[True, True, False, True, True], [True, True]][rank])
+    gathered, start = gather_rows(v)
+    flags = gather_rows(informative.to(torch.float64))[0] > 0
+    weights, _ = consistency_weights(gathered, informative=flags)
+    return {"mine": weights[start : start + v.numel()], "global": weights, "start": start}
+
+
+def test_batch_mode_weights_are_those_of_the_global_batch(ddp):
+    first, second = ddp(_batch_mode_weights)
+    v = torch.tensor([0.02, 0.30, 0.0, 0.05, 0.9, 0.10, 0.0], dtype=torch.float64)
+    informative = torch.tensor([True, True, False, True, True, True, True])
+    expected, _ = consistency_weights(v, informative=informative)
+    assert torch.equal(first["global"], second["global"]) and torch.equal(first["global"], expected)
+    assert (first["start"], second["start"]) == (0, 5)
+    assert torch.equal(torch.cat([first["mine"], second["mine"]]), expected)
+    assert float(expected[informative].double().mean()) == pytest.approx(1.0, abs=1e-6)  # clipped, mean 1

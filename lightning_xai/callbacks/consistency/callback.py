@@ -35,7 +35,7 @@ from ...metrics.functional.background_consistency import (
 )
 from ...metrics.functional.consistency import Similarity
 from ...models import find_network, resolve_layer
-from .data import ScoringData, distributed, sum_across
+from .data import ScoringData, distributed, gather_rows
 from .indices import TrainingBatchIndices
 from .logs import log_weights
 from .state import WeightTableState
@@ -390,19 +390,14 @@ class ExplanationConsistencyReweighting(WeightTableState, Callback):
             (self.seed * 1_000_003 + self.batches_seen) & ((1 << 63) - 1)
         )
         scores = self._score(pl_module, parts, generator)
-        v, informative = 1.0 - scores.consistency, ~scores.degenerate
-        totals = sum_across(
-            torch.stack([v[informative].sum(), informative.sum().to(v), v.new_tensor(v.numel())])
-        )
-        mean = totals[0] / totals[1].clamp_min(1.0)
-        weights, clipped = consistency_weights(
-            v, self.clip, mean=mean, informative=informative, sum_across=sum_across
-        )
-        n_degenerate = float(totals[2] - totals[1])
-        log_weights(
-            self, trainer, pl_module, float(mean), weights, clipped, n_degenerate, int(totals[2]), True
-        )
-        return weights
+        # the weights of the global batch (every rank computes the same), then this rank's rows
+        v, start = gather_rows(1.0 - scores.consistency.to(torch.float64))
+        informative = gather_rows((~scores.degenerate).to(torch.float64))[0] > 0
+        weights, clipped = consistency_weights(v, self.clip, informative=informative)
+        mean_v = float(v[informative].mean()) if bool(informative.any()) else 0.0
+        n_degenerate = float((~informative).sum())
+        log_weights(self, trainer, pl_module, mean_v, weights, clipped, n_degenerate, v.numel(), True)
+        return weights[start : start + scores.consistency.numel()]
 
     # -- shared --------------------------------------------------------------------------------------------------
 

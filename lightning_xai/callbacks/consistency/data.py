@@ -23,11 +23,20 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def sum_across(values: Tensor) -> Tensor:
-    """``values`` summed over the processes (as they are in one process)."""
-    if distributed():
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    return values
+def gather_rows(values: Tensor) -> tuple[Tensor, int]:
+    """The 1-D ``values`` of every process, concatenated in rank order (sizes may differ), and where this
+    process's rows start; as they are in one process."""
+    if not distributed():
+        return values, 0
+    world, rank = dist.get_world_size(), dist.get_rank()
+    sizes = [torch.zeros(1, dtype=torch.long, device=values.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([values.numel()], device=values.device))
+    counts = [int(s) for s in sizes]
+    padded = values.new_zeros(max(counts))
+    padded[: values.numel()] = values
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts, strict=True)]), sum(counts[:rank])
 
 
 def _find_transform_owner(dataset: Any) -> Any:
