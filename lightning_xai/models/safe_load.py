@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "safe_load"]
+__all__ = ["UnsafeCheckpointError", "reserialise", "safe_load"]
 
 # How the unpickler names a global it refuses ("Unsupported global: GLOBAL io.open was not an allowed global",
 # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked").
